@@ -1,0 +1,56 @@
+package node
+
+import (
+	"net/url"
+	"time"
+)
+
+// Config is one node's configuration, produced from etcd-style flags by
+// cmd/rangekv. Field names follow etcd's embed.Config where the meaning is
+// the same.
+type Config struct {
+	// Name is this node's human-readable name (etcd --name).
+	Name string
+	// DataDir holds the Pebble engine (etcd --data-dir).
+	DataDir string
+
+	// ListenClientURLs are served with the etcd gRPC API and HTTP endpoints.
+	ListenClientURLs []url.URL
+	// AdvertiseClientURLs are reported to clients in MemberList.
+	AdvertiseClientURLs []url.URL
+	// ListenPeerURLs are served with the raft transport and internal RPCs.
+	ListenPeerURLs []url.URL
+	// InitialAdvertisePeerURLs are this node's peer URLs as others dial them.
+	InitialAdvertisePeerURLs []url.URL
+
+	// InitialCluster lists every founding member, in flag order.
+	InitialCluster []InitialMember
+	// InitialClusterState is "new" or "existing".
+	InitialClusterState string
+	// InitialClusterToken seeds cluster and node IDs (etcd semantics).
+	InitialClusterToken string
+
+	// HeartbeatInterval is raft's heartbeat period (one tick).
+	HeartbeatInterval time.Duration
+	// ElectionTimeout is raft's election timeout; a multiple of the heartbeat.
+	ElectionTimeout time.Duration
+
+	// MaxRequestBytes bounds a client request's encoded size.
+	MaxRequestBytes int
+	// MaxTxnOps bounds the operations in one Txn branch.
+	MaxTxnOps int
+	// SnapshotCount is the number of applied entries after which a range's
+	// raft log is truncated (etcd --snapshot-count).
+	SnapshotCount uint64
+	// MaxClockOffset bounds accepted HLC skew between nodes.
+	MaxClockOffset time.Duration
+	// WatchProgressNotifyInterval is the period of progress notifications
+	// to watchers that asked for them.
+	WatchProgressNotifyInterval time.Duration
+}
+
+// InitialMember is one entry of --initial-cluster: name=peerURL[,name=peerURL].
+type InitialMember struct {
+	Name     string
+	PeerURLs []url.URL
+}

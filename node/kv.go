@@ -1,0 +1,427 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Forwarding metadata. A node that does not lead a request's range sends
+// the etcd request unchanged to the leader's peer URL with these keys; the
+// leader executes it on exactly that range and never forwards again.
+const (
+	mdForwardedRange = "rangekv-forwarded-range"
+	// notLeaderPrefix starts the message of the Unavailable status a peer
+	// returns when it no longer leads the range; the forwarder retries.
+	notLeaderPrefix = "rangekv: not leader"
+)
+
+// kvServer implements etcd's KV service. On the client URLs it routes each
+// request to its range's leader; on the peer URLs (peer=true) it serves
+// forwarded requests on the named local range only.
+type kvServer struct {
+	pb.UnimplementedKVServer
+	n    *Node
+	peer bool
+}
+
+// header builds an etcd response header for this node.
+func (n *Node) header(rev int64, term uint64) *pb.ResponseHeader {
+	return &pb.ResponseHeader{ClusterId: n.ident.ClusterId, MemberId: n.id, Revision: rev, RaftTerm: term}
+}
+
+// target resolves the replica a request runs on: the forwarded range on
+// the peer server, else the range holding key.
+func (s *kvServer) target(ctx context.Context, key []byte) (*rangeraft.Replica, error) {
+	if s.peer {
+		md, _ := metadata.FromIncomingContext(ctx)
+		v := md.Get(mdForwardedRange)
+		if len(v) != 1 {
+			return nil, status.Error(codes.InvalidArgument, "rangekv: peer KV request without range")
+		}
+		id, err := strconv.ParseUint(v[0], 10, 64)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, "rangekv: malformed range id")
+		}
+		r := s.n.store.Replica(id)
+		if r == nil {
+			return nil, status.Errorf(codes.Unavailable, "%s: no replica of range %d", notLeaderPrefix, id)
+		}
+		return r, nil
+	}
+	return s.n.userRange(key)
+}
+
+// onLeader runs local on r when this node leads r's range, and otherwise
+// forwards with remote to the leader, retrying while leadership is in
+// flux until ctx ends. Only errors that prove the request did not execute
+// are retried, so a write is never applied twice by a retry.
+func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Replica,
+	local func(context.Context) (T, error),
+	remote func(context.Context, pb.KVClient) (T, error)) (T, error) {
+	var zero T
+	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
+	defer cancel()
+	backoff := 5 * time.Millisecond
+	for {
+		res, err := local(ctx)
+		var nl *rangeraft.NotLeaderError
+		if !errors.As(err, &nl) {
+			return res, translateErr(ctx, err)
+		}
+		if s.peer {
+			return zero, status.Errorf(codes.Unavailable, "%s of range %d", notLeaderPrefix, r.RangeID)
+		}
+		if nl.LeaderNode != 0 && nl.LeaderNode != s.n.id {
+			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
+			if err == nil || !retryableForward(err) {
+				return res, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if requiresLeader(ctx) || nl.LeaderNode == 0 {
+				return zero, rpctypes.ErrGRPCNoLeader
+			}
+			return zero, rpctypes.ErrGRPCTimeout
+		case <-time.After(backoff):
+			backoff = min(backoff*2, 100*time.Millisecond)
+		}
+	}
+}
+
+// forward sends a request to the leader node's peer KV service, naming
+// the range it must run on. The response header's member ID is this
+// node's, as etcd reports the member the client talked to.
+func forward[T proto.Message](ctx context.Context, n *Node, rangeID, node uint64,
+	call func(context.Context, pb.KVClient) (T, error)) (T, error) {
+	var zero T
+	conn, err := n.peerConn(node)
+	if err != nil {
+		return zero, status.Errorf(codes.Unavailable, "%s: cannot reach node %x: %v", notLeaderPrefix, node, err)
+	}
+	fctx := metadata.AppendToOutgoingContext(ctx, mdForwardedRange, strconv.FormatUint(rangeID, 10))
+	res, err := call(fctx, pb.NewKVClient(conn))
+	if err != nil {
+		return zero, err
+	}
+	if h, ok := any(res).(interface{ GetHeader() *pb.ResponseHeader }); ok && h.GetHeader() != nil {
+		h.GetHeader().MemberId = n.id
+	}
+	return res, nil
+}
+
+// retryableForward reports whether a forwarding error proves the request
+// was not executed (the peer did not lead, or the connection was never
+// made).
+func retryableForward(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return false
+	}
+	msg := st.Message()
+	return strings.HasPrefix(msg, notLeaderPrefix) || strings.Contains(msg, "while dialing") ||
+		strings.Contains(msg, "connection refused")
+}
+
+// requiresLeader reports whether the client asked to fail fast without a
+// leader (clientv3.WithRequireLeader sets metadata hasleader=true).
+func requiresLeader(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(rpctypes.MetadataRequireLeaderKey)
+	return len(v) > 0 && v[0] == rpctypes.MetadataHasLeader
+}
+
+// translateErr maps internal errors to etcd's gRPC errors.
+func translateErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		if ctx.Err() != nil {
+			return rpctypes.ErrGRPCTimeout
+		}
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, context.Canceled.Error())
+	case errors.Is(err, kvstore.ErrKeyOutsideSpan):
+		return status.Errorf(codes.Unavailable, "%s: %v", notLeaderPrefix, err)
+	}
+	return status.Error(codes.Unknown, err.Error())
+}
+
+// checkSize enforces --max-request-bytes as etcd does for raft requests.
+func (s *kvServer) checkSize(m proto.Message) error {
+	if proto.Size(m) > s.n.cfg.MaxRequestBytes {
+		return rpctypes.ErrGRPCRequestTooLarge
+	}
+	return nil
+}
+
+// propose replicates one etcd write on r and returns the applier's result.
+func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
+	return r.Propose(ctx, cmd)
+}
+
+// Range implements etcd's KV.Range.
+func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := kvstore.ValidateRange(req); err != nil {
+		return nil, err
+	}
+	r, err := s.target(ctx, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	if req.Serializable {
+		return s.n.readLocal(r, req)
+	}
+	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.RangeResponse, error) {
+		if err := r.ReadIndex(ctx); err != nil {
+			return nil, err
+		}
+		return s.n.readLocal(r, req)
+	}, func(ctx context.Context, c pb.KVClient) (*pb.RangeResponse, error) { return c.Range(ctx, req) })
+}
+
+// readLocal serves a Range from the local replica's applied state.
+func (n *Node) readLocal(r *rangeraft.Replica, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	view := r.NewReadView()
+	defer view.Close()
+	resp, err := kvstore.ExecRange(view.Reader, r.Keyspace(), view.Span, req, view.Revision, view.CompactRevision)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = n.header(view.Revision, view.Term)
+	return resp, nil
+}
+
+// Put implements etcd's KV.Put.
+func (s *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := kvstore.ValidatePut(req); err != nil {
+		return nil, err
+	}
+	if err := s.checkSize(req); err != nil {
+		return nil, err
+	}
+	r, err := s.target(ctx, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.PutResponse, error) {
+		res, err := s.propose(ctx, r, &txnproto.Command{Put: data})
+		if err != nil {
+			return nil, err
+		}
+		resp := res.Response.(*pb.PutResponse)
+		resp.Header = s.n.header(res.Revision, res.Term)
+		return resp, nil
+	}, func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) { return c.Put(ctx, req) })
+}
+
+// DeleteRange implements etcd's KV.DeleteRange.
+func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := kvstore.ValidateDeleteRange(req); err != nil {
+		return nil, err
+	}
+	if err := s.checkSize(req); err != nil {
+		return nil, err
+	}
+	r, err := s.target(ctx, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.DeleteRangeResponse, error) {
+		res, err := s.propose(ctx, r, &txnproto.Command{DeleteRange: data})
+		if err != nil {
+			return nil, err
+		}
+		resp := res.Response.(*pb.DeleteRangeResponse)
+		resp.Header = s.n.header(res.Revision, res.Term)
+		return resp, nil
+	}, func(ctx context.Context, c pb.KVClient) (*pb.DeleteRangeResponse, error) { return c.DeleteRange(ctx, req) })
+}
+
+// Txn implements etcd's KV.Txn. Read-only transactions take the read path
+// (ReadIndex, or local for serializable ones) as in etcd; others go
+// through the range's raft log as one command at one revision.
+func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := kvstore.ValidateTxn(req, s.n.cfg.MaxTxnOps); err != nil {
+		return nil, err
+	}
+	if err := s.checkSize(req); err != nil {
+		return nil, err
+	}
+	r, err := s.target(ctx, txnFirstKey(req))
+	if err != nil {
+		return nil, err
+	}
+	if txnReadOnly(req) {
+		if txnSerializable(req) {
+			return s.n.txnLocal(r, req)
+		}
+		return onLeader(ctx, s, r, func(ctx context.Context) (*pb.TxnResponse, error) {
+			if err := r.ReadIndex(ctx); err != nil {
+				return nil, err
+			}
+			return s.n.txnLocal(r, req)
+		}, func(ctx context.Context, c pb.KVClient) (*pb.TxnResponse, error) { return c.Txn(ctx, req) })
+	}
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.TxnResponse, error) {
+		res, err := s.propose(ctx, r, &txnproto.Command{Txn: data})
+		if err != nil {
+			return nil, err
+		}
+		resp := res.Response.(*pb.TxnResponse)
+		resp.Header = s.n.header(res.Revision, res.Term)
+		fillTxnHeaders(resp, resp.Header)
+		return resp, nil
+	}, func(ctx context.Context, c pb.KVClient) (*pb.TxnResponse, error) { return c.Txn(ctx, req) })
+}
+
+// txnLocal evaluates a read-only txn against the local replica's applied
+// state; its batch is discarded.
+func (n *Node) txnLocal(r *rangeraft.Replica, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	view := r.NewReadView()
+	defer view.Close()
+	b := n.eng.DB.NewIndexedBatch()
+	defer b.Close()
+	wb := &kvstore.WriteBatch{Batch: b, Rev: view.Revision, Keyspace: r.Keyspace(), Span: view.Span}
+	resp, err := kvstore.ApplyTxn(wb, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = n.header(view.Revision, view.Term)
+	fillTxnHeaders(resp, resp.Header)
+	return resp, nil
+}
+
+// fillTxnHeaders sets the header of every nested response, as etcd does.
+func fillTxnHeaders(resp *pb.TxnResponse, h *pb.ResponseHeader) {
+	for _, op := range resp.Responses {
+		switch v := op.Response.(type) {
+		case *pb.ResponseOp_ResponseRange:
+			v.ResponseRange.Header = proto.Clone(h).(*pb.ResponseHeader)
+		case *pb.ResponseOp_ResponsePut:
+			v.ResponsePut.Header = proto.Clone(h).(*pb.ResponseHeader)
+		case *pb.ResponseOp_ResponseDeleteRange:
+			v.ResponseDeleteRange.Header = proto.Clone(h).(*pb.ResponseHeader)
+		case *pb.ResponseOp_ResponseTxn:
+			v.ResponseTxn.Header = proto.Clone(h).(*pb.ResponseHeader)
+			fillTxnHeaders(v.ResponseTxn, h)
+		}
+	}
+}
+
+// Compact implements etcd's KV.Compact: the compaction goes through the
+// range's raft log so every replica compacts at the same revision; with
+// physical set the call returns after this node removed the old versions.
+func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	r, err := s.target(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.CompactionResponse, error) {
+		res, err := s.propose(ctx, r, &txnproto.Command{Compact: &txnproto.CompactCommand{Revision: req.Revision}})
+		if err != nil {
+			return nil, err
+		}
+		if req.Physical {
+			if err := r.WaitPhysicalCompaction(ctx, req.Revision); err != nil {
+				return nil, err
+			}
+		}
+		resp := res.Response.(*pb.CompactionResponse)
+		resp.Header = s.n.header(res.Revision, res.Term)
+		return resp, nil
+	}, func(ctx context.Context, c pb.KVClient) (*pb.CompactionResponse, error) { return c.Compact(ctx, req) })
+}
+
+func txnFirstKey(req *pb.TxnRequest) []byte {
+	for _, c := range req.Compare {
+		return c.Key
+	}
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				return v.RequestRange.Key
+			case *pb.RequestOp_RequestPut:
+				return v.RequestPut.Key
+			case *pb.RequestOp_RequestDeleteRange:
+				return v.RequestDeleteRange.Key
+			case *pb.RequestOp_RequestTxn:
+				if k := txnFirstKey(v.RequestTxn); k != nil {
+					return k
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// txnReadOnly reports whether no branch of req writes (etcd's
+// isTxnReadonly).
+func txnReadOnly(req *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+			case *pb.RequestOp_RequestTxn:
+				if !txnReadOnly(v.RequestTxn) {
+					return false
+				}
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// txnSerializable reports whether every range in req is serializable
+// (etcd's isTxnSerializable).
+func txnSerializable(req *pb.TxnRequest) bool {
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if !v.RequestRange.Serializable {
+					return false
+				}
+			case *pb.RequestOp_RequestTxn:
+				if !txnSerializable(v.RequestTxn) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,108 @@
+package rangeraft
+
+import (
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// FeedEntry is every event one applied command produced, in operation
+// order, all at Revision.
+type FeedEntry struct {
+	Revision int64
+	Events   []*mvccpb.Event
+}
+
+// Feed is a range's stream of applied events, kept in memory as a bounded
+// window. Readers pull: a watcher remembers the last revision it has and
+// asks for what follows, so a slow reader never blocks apply. Events older
+// than the window are read from the engine's MVCC history instead.
+//
+// Invariant: every event with Floor < revision <= Last is in entries, in
+// revision order.
+type Feed struct {
+	mu        sync.Mutex
+	entries   []FeedEntry
+	events    int
+	maxEvents int
+	floor     int64
+	last      int64
+	notify    chan struct{}
+}
+
+// NewFeed returns a feed whose window starts after rev and holds at most
+// maxEvents events.
+func NewFeed(rev int64, maxEvents int) *Feed {
+	return &Feed{floor: rev, last: rev, maxEvents: maxEvents, notify: make(chan struct{})}
+}
+
+// Publish appends the events of one applied command. rev must exceed every
+// revision published before.
+func (f *Feed) Publish(rev int64, events []*mvccpb.Event) {
+	f.mu.Lock()
+	f.entries = append(f.entries, FeedEntry{Revision: rev, Events: events})
+	f.events += len(events)
+	f.last = rev
+	drop := 0
+	for f.events > f.maxEvents && drop < len(f.entries)-1 {
+		f.events -= len(f.entries[drop].Events)
+		f.floor = f.entries[drop].Revision
+		drop++
+	}
+	if drop > 0 {
+		f.entries = append(f.entries[:0:0], f.entries[drop:]...)
+	}
+	close(f.notify)
+	f.notify = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// Reset empties the window after the replica's state jumped (a snapshot
+// applied): everything at or below rev must be read from the engine.
+func (f *Feed) Reset(rev int64) {
+	f.mu.Lock()
+	f.entries, f.events = nil, 0
+	f.floor, f.last = rev, max(rev, f.last)
+	close(f.notify)
+	f.notify = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// Since returns up to maxEntries entries with revision > after. inWindow is
+// false when events after `after` have left the window (the caller reads
+// the engine up to Floor first). last is the newest published revision and
+// wait is closed on the next Publish or Reset.
+func (f *Feed) Since(after int64, maxEntries int) (entries []FeedEntry, inWindow bool, last int64, wait <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if after < f.floor {
+		return nil, false, f.last, f.notify
+	}
+	// Binary search for the first entry after `after`.
+	lo, hi := 0, len(f.entries)
+	for lo < hi {
+		m := (lo + hi) / 2
+		if f.entries[m].Revision <= after {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	n := min(len(f.entries)-lo, maxEntries)
+	return append([]FeedEntry(nil), f.entries[lo:lo+n]...), true, f.last, f.notify
+}
+
+// Floor returns the revision below which (inclusive) events are no longer
+// in the window.
+func (f *Feed) Floor() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.floor
+}
+
+// Last returns the newest published revision.
+func (f *Feed) Last() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}

@@ -1,0 +1,584 @@
+package rangeraft
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// NotLeaderError is returned by Propose and ReadIndex on a replica that is
+// not its range's leader. LeaderNode is the node believed to lead, 0 when
+// unknown. Callers route the request there and retry.
+type NotLeaderError struct {
+	RangeID    uint64
+	LeaderNode uint64
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderNode == 0 {
+		return fmt.Sprintf("range %d: no leader", e.RangeID)
+	}
+	return fmt.Sprintf("range %d: not leader; leader is node %x", e.RangeID, e.LeaderNode)
+}
+
+// ApplyResult is the outcome of one applied command, delivered to the
+// proposer. Response is the etcd response (PutResponse, DeleteRangeResponse,
+// TxnResponse or CompactionResponse) without its header.
+type ApplyResult struct {
+	Revision int64
+	Term     uint64
+	Response proto.Message
+	Err      error
+}
+
+type proposal struct {
+	ch chan ApplyResult
+}
+
+type readWaiter struct {
+	index uint64
+	ch    chan error
+}
+
+type stagedSnapshot struct {
+	index   uint64
+	applied *txnproto.AppliedState
+	desc    *txnproto.RangeDescriptor
+	stats   []byte
+	kvs     []*txnproto.KeyValue
+}
+
+// Replica is one node's copy of a range, driven by one raft.RawNode.
+// Every field below mu is guarded by it; raw and st are only touched with
+// mu held. The scheduler goroutine is the only writer of persistent state.
+type Replica struct {
+	store   *Store
+	RangeID uint64
+	feed    *Feed
+	log     *zap.Logger
+
+	mu            sync.Mutex
+	raw           *raft.RawNode
+	st            *raftStorage
+	replicaID     uint64
+	desc          *txnproto.RangeDescriptor
+	keyspace      kvstore.Keyspace
+	stats         kvstore.Stats
+	leaderReplica uint64
+	term          uint64
+	proposals     map[uint64]*proposal
+	pendingReads  []*readWaiter
+	inflightReads map[string][]*readWaiter
+	indexWaiters  []*readWaiter
+	readSeq       uint64
+	staged        *stagedSnapshot
+	physicalDone  int64         // newest revision physically compacted
+	compactCond   chan struct{} // closed and replaced when physicalDone moves
+	compactTarget chan int64
+	destroyed     bool
+}
+
+// Descriptor returns a copy of the replica's range descriptor.
+func (r *Replica) Descriptor() *txnproto.RangeDescriptor {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return proto.Clone(r.desc).(*txnproto.RangeDescriptor)
+}
+
+// Feed returns the range's applied-event feed.
+func (r *Replica) Feed() *Feed { return r.feed }
+
+// Keyspace says which namespace the range's data lives in.
+func (r *Replica) Keyspace() kvstore.Keyspace { return r.keyspace }
+
+// Status is a replica's raft and apply state, for Maintenance.Status,
+// metrics and routing.
+type Status struct {
+	RangeID         uint64
+	ReplicaID       uint64
+	LeaderNode      uint64 // 0 when unknown
+	IsLeader        bool
+	Term            uint64
+	CommitIndex     uint64
+	AppliedIndex    uint64
+	Revision        int64
+	CompactRevision int64
+	Stats           kvstore.Stats
+}
+
+// Status returns the replica's current status.
+func (r *Replica) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	bs := r.raw.BasicStatus()
+	return Status{
+		RangeID:         r.RangeID,
+		ReplicaID:       r.replicaID,
+		LeaderNode:      r.nodeOfReplicaLocked(bs.Lead),
+		IsLeader:        bs.RaftState == raft.StateLeader,
+		Term:            bs.GetTerm(),
+		CommitIndex:     bs.GetCommit(),
+		AppliedIndex:    r.st.applied.Index,
+		Revision:        r.st.applied.Revision,
+		CompactRevision: r.st.applied.CompactRevision,
+		Stats:           r.stats,
+	}
+}
+
+func (r *Replica) nodeOfReplicaLocked(replicaID uint64) uint64 {
+	if replicaID == 0 {
+		return 0
+	}
+	for _, rd := range r.desc.Replicas {
+		if rd.ReplicaId == replicaID {
+			return rd.NodeId
+		}
+	}
+	return 0
+}
+
+func (r *Replica) replicaOfNodeLocked(nodeID uint64) uint64 {
+	for _, rd := range r.desc.Replicas {
+		if rd.NodeId == nodeID {
+			return rd.ReplicaId
+		}
+	}
+	return 0
+}
+
+func (r *Replica) notLeaderLocked() error {
+	if r.raw.BasicStatus().RaftState == raft.StateLeader {
+		return nil
+	}
+	return &NotLeaderError{RangeID: r.RangeID, LeaderNode: r.nodeOfReplicaLocked(r.raw.BasicStatus().Lead)}
+}
+
+// Propose replicates cmd through the range's raft log and waits until it
+// has applied on this replica. It returns *NotLeaderError without
+// proposing when this replica does not lead. A context error after the
+// proposal was made is ambiguous: the command may still apply.
+func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResult, error) {
+	cmd.ProposerNode = r.store.cfg.NodeID
+	cmd.Id = r.store.proposalSeq.Add(1)
+	cmd.Timestamp = r.store.cfg.Clock.Now()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	p := &proposal{ch: make(chan ApplyResult, 1)}
+	r.mu.Lock()
+	if err := r.notLeaderLocked(); err != nil {
+		r.mu.Unlock()
+		return ApplyResult{}, err
+	}
+	r.proposals[cmd.Id] = p
+	if err := r.raw.Propose(data); err != nil {
+		delete(r.proposals, cmd.Id)
+		r.mu.Unlock()
+		r.store.metrics.proposalsFailed.Inc()
+		if errors.Is(err, raft.ErrProposalDropped) {
+			return ApplyResult{}, &NotLeaderError{RangeID: r.RangeID}
+		}
+		return ApplyResult{}, err
+	}
+	r.mu.Unlock()
+	r.store.metrics.proposalsPending.Inc()
+	r.store.enqueue(r.RangeID)
+	select {
+	case res := <-p.ch:
+		r.store.metrics.proposalsPending.Dec()
+		return res, res.Err
+	case <-ctx.Done():
+		r.store.metrics.proposalsPending.Dec()
+		r.mu.Lock()
+		delete(r.proposals, cmd.Id)
+		r.mu.Unlock()
+		r.store.metrics.proposalsFailed.Inc()
+		return ApplyResult{}, ctx.Err()
+	}
+}
+
+// ReadIndex waits until this replica, as leader, may serve a linearizable
+// read: raft confirmed leadership at a commit index (raft thesis §6.4) and
+// the replica has applied up to it. It returns *NotLeaderError on
+// followers.
+func (r *Replica) ReadIndex(ctx context.Context) error {
+	w := &readWaiter{ch: make(chan error, 1)}
+	r.mu.Lock()
+	if err := r.notLeaderLocked(); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	r.pendingReads = append(r.pendingReads, w)
+	r.mu.Unlock()
+	r.store.enqueue(r.RangeID)
+	select {
+	case err := <-w.ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ReadView is a consistent engine view of a replica for serving reads: a
+// Pebble snapshot and the revisions it reflects. Close releases it.
+type ReadView struct {
+	Reader          pebble.Reader
+	Revision        int64
+	CompactRevision int64
+	Term            uint64
+	Span            kvstore.Span
+	snap            *pebble.Snapshot
+}
+
+// Close releases the view's engine snapshot.
+func (v *ReadView) Close() { v.snap.Close() }
+
+// NewReadView captures the replica's applied state and an engine snapshot
+// that contains at least it.
+func (r *Replica) NewReadView() *ReadView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	snap := r.store.db.NewSnapshot()
+	return &ReadView{
+		snap:            snap,
+		Reader:          snap,
+		Revision:        r.st.applied.Revision,
+		CompactRevision: r.st.applied.CompactRevision,
+		Term:            r.raw.BasicStatus().GetTerm(),
+		Span:            kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey},
+	}
+}
+
+
+// WaitPhysicalCompaction blocks until the range's versions below rev have
+// been physically removed on this replica (etcd's Compact physical=true).
+func (r *Replica) WaitPhysicalCompaction(ctx context.Context, rev int64) error {
+	for {
+		r.mu.Lock()
+		done, ch := r.physicalDone, r.compactCond
+		r.mu.Unlock()
+		if done >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// flushReadsLocked hands queued linearizable reads to raft in one
+// ReadIndex request.
+func (r *Replica) flushReadsLocked() {
+	if len(r.pendingReads) == 0 {
+		return
+	}
+	if err := r.notLeaderLocked(); err != nil {
+		for _, w := range r.pendingReads {
+			w.ch <- err
+		}
+		r.pendingReads = nil
+		return
+	}
+	r.readSeq++
+	ctx := binary.BigEndian.AppendUint64(nil, r.readSeq)
+	r.inflightReads[string(ctx)] = r.pendingReads
+	r.pendingReads = nil
+	r.raw.ReadIndex(ctx)
+}
+
+// handleReadStatesLocked turns raft's read states into waiters on the
+// applied index.
+func (r *Replica) handleReadStatesLocked(states []raft.ReadState) {
+	for _, rs := range states {
+		ws := r.inflightReads[string(rs.RequestCtx)]
+		delete(r.inflightReads, string(rs.RequestCtx))
+		for _, w := range ws {
+			w.index = rs.Index
+			r.indexWaiters = append(r.indexWaiters, w)
+		}
+	}
+}
+
+// releaseReadersLocked completes read waiters the applied index has reached.
+func (r *Replica) releaseReadersLocked() {
+	applied := r.st.applied.Index
+	kept := r.indexWaiters[:0]
+	for _, w := range r.indexWaiters {
+		if w.index <= applied {
+			w.ch <- nil
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	r.indexWaiters = kept
+}
+
+// failReadsLocked fails every in-flight read: leadership was lost, so the
+// reads' confirmation may never come. Reads are safe to retry.
+func (r *Replica) failReadsLocked() {
+	err := &NotLeaderError{RangeID: r.RangeID, LeaderNode: r.nodeOfReplicaLocked(r.raw.BasicStatus().Lead)}
+	for _, ws := range r.inflightReads {
+		for _, w := range ws {
+			w.ch <- err
+		}
+	}
+	clear(r.inflightReads)
+	for _, w := range r.pendingReads {
+		w.ch <- err
+	}
+	r.pendingReads = nil
+}
+
+// applyCommitted applies committed entries in one engine batch (written
+// without fsync: the raft log already holds them) and delivers results.
+// It runs on the scheduler goroutine only.
+func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	applied := proto.Clone(r.st.applied).(*txnproto.AppliedState)
+	span := kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey}
+	r.mu.Unlock()
+
+	b := r.store.db.NewIndexedBatch()
+	defer b.Close()
+	type delivery struct {
+		id  uint64
+		res ApplyResult
+	}
+	var deliveries []delivery
+	type published struct {
+		rev    int64
+		events []*mvccpb.Event
+	}
+	var pubs []published
+	var delta kvstore.Stats
+	compactTo := int64(0)
+	for _, e := range ents {
+		if e.GetIndex() <= applied.Index {
+			continue
+		}
+		applied.Index, applied.Term = e.GetIndex(), e.GetTerm()
+		switch e.GetType() {
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			// Membership changes come with replica placement; no command
+			// proposes one yet.
+			r.log.Warn("ignoring conf change entry", zap.Uint64("index", e.GetIndex()))
+			continue
+		}
+		if len(e.Data) == 0 {
+			continue // empty entry a new leader appends
+		}
+		cmd := &txnproto.Command{}
+		if err := proto.Unmarshal(e.Data, cmd); err != nil {
+			return fmt.Errorf("range %d: corrupt command at index %d: %w", r.RangeID, e.GetIndex(), err)
+		}
+		rev := max(cmd.Timestamp, applied.Revision+1)
+		res := ApplyResult{Term: e.GetTerm()}
+		wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: r.keyspace, Span: span}
+		before := b.Count()
+		switch {
+		case cmd.Put != nil:
+			req := &pb.PutRequest{}
+			if res.Err = proto.Unmarshal(cmd.Put, req); res.Err == nil {
+				res.Response, res.Err = kvstore.ApplyPut(wb, req)
+			}
+		case cmd.DeleteRange != nil:
+			req := &pb.DeleteRangeRequest{}
+			if res.Err = proto.Unmarshal(cmd.DeleteRange, req); res.Err == nil {
+				res.Response, res.Err = kvstore.ApplyDeleteRange(wb, req)
+			}
+		case cmd.Txn != nil:
+			req := &pb.TxnRequest{}
+			if res.Err = proto.Unmarshal(cmd.Txn, req); res.Err == nil {
+				res.Response, res.Err = kvstore.ApplyTxn(wb, req)
+			}
+		case cmd.Compact != nil:
+			c := cmd.Compact.Revision
+			switch {
+			case c <= applied.CompactRevision:
+				res.Err = rpctypes.ErrGRPCCompacted
+			case c > applied.Revision:
+				res.Err = rpctypes.ErrGRPCFutureRev
+			default:
+				applied.CompactRevision = c
+				compactTo = c
+				res.Response = &pb.CompactionResponse{}
+			}
+		default:
+			res.Err = fmt.Errorf("range %d: empty command at index %d", r.RangeID, e.GetIndex())
+		}
+		if res.Err != nil && b.Count() != before {
+			// Appliers must fail before writing; a partial write would be
+			// applied identically on every replica, but it is a bug.
+			r.log.Error("command failed after writing", zap.Uint64("index", e.GetIndex()), zap.Error(res.Err))
+		}
+		if res.Err == nil && len(wb.Events) > 0 {
+			applied.Revision = rev
+			res.Revision = rev
+			pubs = append(pubs, published{rev: rev, events: wb.Events})
+			addStats(&delta, wb.Delta)
+		} else {
+			// As in etcd, the revision advances only on change: a command
+			// that changed nothing (a failed compare without writes, a
+			// delete of nothing, a Compact) reports the latest revision.
+			res.Revision = applied.Revision
+		}
+		if cmd.ProposerNode == r.store.cfg.NodeID {
+			deliveries = append(deliveries, delivery{id: cmd.Id, res: res})
+		}
+	}
+	r.mu.Lock()
+	addStats(&r.stats, delta)
+	stats := r.stats
+	r.mu.Unlock()
+	if err := setProto(b, kvstore.RangeAppliedStateKey(r.RangeID), applied); err != nil {
+		return err
+	}
+	if err := b.Set(kvstore.RangeStatsKey(r.RangeID), kvstore.EncodeStats(nil, stats), nil); err != nil {
+		return err
+	}
+	trunc := r.maybeTruncateLog(b, applied)
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	r.store.metrics.proposalsApplied.Add(float64(len(ents)))
+	_ = r.store.cfg.Clock.Update(applied.Revision)
+	for _, p := range pubs {
+		r.feed.Publish(p.rev, p.events)
+	}
+	r.mu.Lock()
+	r.st.applied = applied
+	if trunc != nil {
+		r.st.truncated = trunc
+	}
+	for _, d := range deliveries {
+		if p, ok := r.proposals[d.id]; ok {
+			delete(r.proposals, d.id)
+			p.ch <- d.res
+		}
+	}
+	r.releaseReadersLocked()
+	r.mu.Unlock()
+	if compactTo > 0 {
+		select {
+		case r.compactTarget <- compactTo:
+		default:
+			// The compactor is busy; it reads the newest target when done.
+			go func() { r.compactTarget <- compactTo }()
+		}
+	}
+	return nil
+}
+
+// maybeTruncateLog stages removal of the log head once more than
+// SnapshotCount entries have applied since the last truncation, keeping
+// catchUpEntries for slow followers (etcd's snapshot-count behaviour).
+func (r *Replica) maybeTruncateLog(b *pebble.Batch, applied *txnproto.AppliedState) *txnproto.TruncatedState {
+	count := r.store.cfg.SnapshotCount
+	if count == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	first := r.st.truncated.Index + 1
+	r.mu.Unlock()
+	keep := min(count/2, catchUpEntries)
+	if applied.Index < first+count+keep {
+		return nil
+	}
+	upTo := applied.Index - keep
+	term, err := r.termForTruncation(upTo)
+	if err != nil {
+		r.log.Warn("log truncation skipped", zap.Error(err))
+		return nil
+	}
+	t := &txnproto.TruncatedState{Index: upTo, Term: term}
+	if err := b.DeleteRange(kvstore.RaftLogKey(r.RangeID, 0), kvstore.RaftLogKey(r.RangeID, upTo+1), nil); err != nil {
+		return nil
+	}
+	if err := setProto(b, kvstore.RaftTruncatedStateKey(r.RangeID), t); err != nil {
+		return nil
+	}
+	r.log.Info("truncating raft log", zap.Uint64("first-index", first), zap.Uint64("truncated-index", upTo))
+	return t
+}
+
+func (r *Replica) termForTruncation(i uint64) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st.Term(i)
+}
+
+// catchUpEntries is how many applied entries a truncation keeps so a
+// briefly lagging follower catches up from the log (etcd keeps 5000).
+const catchUpEntries = 5000
+
+// runCompactor physically compacts the range in the background, newest
+// target first, so writers are never blocked by compaction.
+func (r *Replica) runCompactor(stop <-chan struct{}) {
+	for {
+		var target int64
+		select {
+		case <-stop:
+			return
+		case target = <-r.compactTarget:
+		}
+		// Collapse queued targets to the newest.
+	drain:
+		for {
+			select {
+			case t := <-r.compactTarget:
+				target = max(target, t)
+			default:
+				break drain
+			}
+		}
+		r.mu.Lock()
+		span := kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey}
+		done := r.physicalDone
+		r.mu.Unlock()
+		if target <= done {
+			continue
+		}
+		err := kvstore.Compact(r.store.db, span, target, func(d kvstore.Stats) {
+			r.mu.Lock()
+			addStats(&r.stats, d)
+			r.mu.Unlock()
+		})
+		if err != nil {
+			r.log.Error("physical compaction failed", zap.Int64("revision", target), zap.Error(err))
+			continue
+		}
+		r.mu.Lock()
+		r.physicalDone = target
+		close(r.compactCond)
+		r.compactCond = make(chan struct{})
+		r.mu.Unlock()
+		r.log.Info("finished scheduled compaction", zap.Int64("compact-revision", target))
+	}
+}
+
+func addStats(dst *kvstore.Stats, d kvstore.Stats) {
+	dst.LiveKeys += d.LiveKeys
+	dst.LiveBytes += d.LiveBytes
+	dst.TotalBytes += d.TotalBytes
+	dst.Versions += d.Versions
+}

@@ -1,0 +1,533 @@
+// Package rangeraft runs a node's range replicas: one raft.RawNode per
+// replica, raft state in the node's shared engine, one scheduler loop that
+// persists every ready replica's entries in one batch with one fsync (the
+// batched WAL), the gRPC raft transport, snapshots, log truncation and
+// linearizable reads through ReadIndex.
+package rangeraft
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/hlc"
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// StoreConfig configures a Store.
+type StoreConfig struct {
+	NodeID    uint64
+	ClusterID uint64
+	Engine    *kvstore.Engine
+	Clock     *hlc.Clock
+	Logger    *zap.Logger
+	// TickInterval is raft's tick (etcd --heartbeat-interval); heartbeats
+	// go out every tick.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks.
+	ElectionTicks int
+	// SnapshotCount is the number of applied entries between log
+	// truncations (etcd --snapshot-count); 0 disables truncation.
+	SnapshotCount uint64
+	// FeedEvents bounds each range's in-memory event window.
+	FeedEvents int
+	// Registerer receives the store's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Resolve returns the peer address (host:port) of a node.
+	Resolve func(nodeID uint64) (string, error)
+}
+
+// Store holds every replica on one node and drives them from one
+// scheduler goroutine.
+type Store struct {
+	cfg       StoreConfig
+	db        *pebble.DB
+	log       *zap.Logger
+	metrics   *metrics
+	transport *Transport
+
+	mu       sync.RWMutex
+	replicas map[uint64]*Replica
+
+	workMu sync.Mutex
+	work   map[uint64]struct{}
+	workCh chan struct{}
+
+	proposalSeq atomic.Uint64
+	stopc       chan struct{}
+	donec       chan struct{}
+	fatal       chan error
+}
+
+// NewStore loads every replica found in the engine. Call Start to run it.
+func NewStore(cfg StoreConfig) (*Store, error) {
+	if cfg.FeedEvents == 0 {
+		cfg.FeedEvents = 1 << 16
+	}
+	s := &Store{
+		cfg:      cfg,
+		db:       cfg.Engine.DB,
+		log:      cfg.Logger,
+		metrics:  newMetrics(cfg.Registerer),
+		replicas: map[uint64]*Replica{},
+		work:     map[uint64]struct{}{},
+		workCh:   make(chan struct{}, 1),
+		stopc:    make(chan struct{}),
+		donec:    make(chan struct{}),
+		fatal:    make(chan error, 1),
+	}
+	// Proposal IDs must not repeat across restarts while old entries may
+	// still apply: seed from the clock.
+	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
+	s.transport = newTransport(s)
+	start, end := kvstore.RangeDescriptorKeySpan()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	for valid := it.First(); valid; valid = it.Next() {
+		desc := &txnproto.RangeDescriptor{}
+		if err := proto.Unmarshal(it.Value(), desc); err != nil {
+			return nil, fmt.Errorf("corrupt range descriptor at %x: %w", it.Key(), err)
+		}
+		r, err := s.loadReplica(desc)
+		if err != nil {
+			return nil, err
+		}
+		s.replicas[desc.RangeId] = r
+	}
+	s.metrics.ranges.Set(float64(len(s.replicas)))
+	return s, nil
+}
+
+func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
+	var replicaID uint64
+	cs := &raftpb.ConfState{}
+	for _, rd := range desc.Replicas {
+		if rd.NodeId == s.cfg.NodeID {
+			replicaID = rd.ReplicaId
+		}
+		if rd.Type == txnproto.ReplicaType_LEARNER {
+			cs.Learners = append(cs.Learners, rd.ReplicaId)
+		} else {
+			cs.Voters = append(cs.Voters, rd.ReplicaId)
+		}
+	}
+	if replicaID == 0 {
+		return nil, fmt.Errorf("range %d: descriptor has no replica on node %x", desc.RangeId, s.cfg.NodeID)
+	}
+	st, err := loadRaftStorage(s.db, desc.RangeId, cs)
+	if err != nil {
+		return nil, err
+	}
+	stats := kvstore.Stats{}
+	if v, closer, err := s.db.Get(kvstore.RangeStatsKey(desc.RangeId)); err == nil {
+		stats, err = kvstore.DecodeStats(v)
+		closer.Close()
+		if err != nil {
+			return nil, fmt.Errorf("range %d: %w", desc.RangeId, err)
+		}
+	}
+	ks := kvstore.UserKeys
+	if len(desc.StartKey) > 0 && desc.StartKey[0] == kvstore.MetaSpanStart[0] {
+		ks = kvstore.MetaKeys
+	}
+	r := &Replica{
+		store:         s,
+		RangeID:       desc.RangeId,
+		log:           s.log.With(zap.Uint64("range-id", desc.RangeId)),
+		st:            st,
+		replicaID:     replicaID,
+		desc:          desc,
+		keyspace:      ks,
+		stats:         stats,
+		proposals:     map[uint64]*proposal{},
+		inflightReads: map[string][]*readWaiter{},
+		compactCond:   make(chan struct{}),
+		compactTarget: make(chan int64, 1),
+		feed:          NewFeed(st.applied.Revision, s.cfg.FeedEvents),
+		physicalDone:  st.applied.CompactRevision,
+	}
+	raw, err := raft.NewRawNode(&raft.Config{
+		ID:                        replicaID,
+		ElectionTick:              s.cfg.ElectionTicks,
+		HeartbeatTick:             1,
+		Storage:                   st,
+		Applied:                   st.applied.Index,
+		MaxSizePerMsg:             1 << 20,
+		MaxCommittedSizePerReady:  16 << 20,
+		MaxUncommittedEntriesSize: 64 << 20,
+		MaxInflightMsgs:           256,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		ReadOnlyOption:            raft.ReadOnlySafe,
+		Logger:                    newRaftLogger(r.log),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("range %d: %w", desc.RangeId, err)
+	}
+	r.raw = raw
+	r.term = st.hardState.GetTerm()
+	return r, nil
+}
+
+// Start runs the scheduler and the replicas' compactors.
+func (s *Store) Start() {
+	s.mu.RLock()
+	for _, r := range s.replicas {
+		go r.runCompactor(s.stopc)
+		if r.st.applied.CompactRevision > 0 {
+			// Finish a physical compaction a crash interrupted.
+			r.physicalDone = 0
+			r.compactTarget <- r.st.applied.CompactRevision
+		}
+	}
+	s.mu.RUnlock()
+	go s.run()
+}
+
+// Stop stops the scheduler and the transport. In-flight proposals fail
+// with their context.
+func (s *Store) Stop() {
+	select {
+	case <-s.stopc:
+	default:
+		close(s.stopc)
+	}
+	<-s.donec
+	s.transport.stop()
+}
+
+// Fatal is signalled when the scheduler hits an error it cannot recover
+// from (an engine write failed); the node must stop.
+func (s *Store) Fatal() <-chan error { return s.fatal }
+
+// Replica returns the replica of rangeID, nil if this node has none.
+func (s *Store) Replica(rangeID uint64) *Replica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.replicas[rangeID]
+}
+
+// Replicas returns every replica, ordered by range ID.
+func (s *Store) Replicas() []*Replica {
+	s.mu.RLock()
+	out := make([]*Replica, 0, len(s.replicas))
+	for _, r := range s.replicas {
+		out = append(out, r)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Replica) int { return cmpUint(a.RangeID, b.RangeID) })
+	return out
+}
+
+// Transport returns the store's raft transport, for registering its gRPC
+// service.
+func (s *Store) Transport() *Transport { return s.transport }
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// enqueue marks a replica as having work for the scheduler.
+func (s *Store) enqueue(rangeID uint64) {
+	s.workMu.Lock()
+	s.work[rangeID] = struct{}{}
+	s.workMu.Unlock()
+	select {
+	case s.workCh <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) takeWork() []uint64 {
+	s.workMu.Lock()
+	defer s.workMu.Unlock()
+	ids := make([]uint64, 0, len(s.work))
+	for id := range s.work {
+		ids = append(ids, id)
+	}
+	clear(s.work)
+	return ids
+}
+
+func (s *Store) run() {
+	defer close(s.donec)
+	ticker := time.NewTicker(s.cfg.TickInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-ticker.C:
+			for _, r := range s.Replicas() {
+				r.mu.Lock()
+				r.raw.Tick()
+				r.mu.Unlock()
+				s.enqueue(r.RangeID)
+			}
+		case <-s.workCh:
+		}
+		if err := s.processReady(); err != nil {
+			s.log.Error("raft scheduler failed; stopping", zap.Error(err))
+			s.fatal <- err
+			return
+		}
+	}
+}
+
+type readyItem struct {
+	r         *Replica
+	rd        raft.Ready
+	lastIndex uint64
+	lastTerm  uint64
+	snap      *stagedSnapshot
+}
+
+// processReady is one scheduler pass: collect the Ready of every replica
+// with work, persist all of them in one batch with at most one fsync, send
+// their messages (grouped per destination node), apply committed entries,
+// and advance.
+func (s *Store) processReady() error {
+	ids := s.takeWork()
+	items := make([]*readyItem, 0, len(ids))
+	for _, id := range ids {
+		r := s.Replica(id)
+		if r == nil {
+			continue
+		}
+		r.mu.Lock()
+		r.flushReadsLocked()
+		if r.raw.HasReady() {
+			items = append(items, &readyItem{r: r, rd: r.raw.Ready()})
+		}
+		r.mu.Unlock()
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	start := time.Now()
+	b := s.db.NewBatch()
+	mustSync := false
+	for _, it := range items {
+		if err := it.r.persistReady(b, it); err != nil {
+			b.Close()
+			return err
+		}
+		mustSync = mustSync || it.rd.MustSync
+	}
+	if !b.Empty() {
+		opt := pebble.NoSync
+		if mustSync {
+			opt = pebble.Sync
+		}
+		if err := b.Commit(opt); err != nil {
+			b.Close()
+			return fmt.Errorf("raft batch commit: %w", err)
+		}
+		if mustSync {
+			s.metrics.walFsync.Observe(time.Since(start).Seconds())
+		}
+	}
+	b.Close()
+	s.metrics.readyBatchSize.Observe(float64(len(items)))
+
+	// Persisted: publish the new log bounds, then send.
+	outgoing := map[uint64][]*txnproto.RaftMessage{}
+	for _, it := range items {
+		r := it.r
+		r.mu.Lock()
+		if it.snap != nil {
+			r.st.truncated = &txnproto.TruncatedState{Index: it.snap.index, Term: it.rd.Snapshot.GetMetadata().GetTerm()}
+			r.st.applied = it.snap.applied
+			r.st.confState = proto.Clone(it.rd.Snapshot.GetMetadata().GetConfState()).(*raftpb.ConfState)
+			r.desc = it.snap.desc
+			if st, err := kvstore.DecodeStats(it.snap.stats); err == nil {
+				r.stats = st
+			}
+			r.staged = nil
+		}
+		r.st.lastIndex, r.st.lastTerm = it.lastIndex, it.lastTerm
+		if !raft.IsEmptyHardState(it.rd.HardState) {
+			r.st.hardState = it.rd.HardState
+		}
+		for _, m := range it.rd.Messages {
+			if m.GetType() == raftpb.MsgSnap {
+				go s.transport.sendSnapshot(r, m)
+				continue
+			}
+			node := r.nodeOfReplicaLocked(m.GetTo())
+			if node == 0 {
+				continue
+			}
+			data, err := proto.Marshal(m)
+			if err != nil {
+				r.mu.Unlock()
+				return err
+			}
+			outgoing[node] = append(outgoing[node], &txnproto.RaftMessage{RangeId: r.RangeID, Message: data})
+		}
+		if it.rd.SoftState != nil {
+			r.handleSoftStateLocked(it.rd.SoftState)
+		}
+		r.handleReadStatesLocked(it.rd.ReadStates)
+		r.mu.Unlock()
+		if it.snap != nil {
+			r.feed.Reset(it.snap.applied.Revision)
+			r.log.Info("applied snapshot", zap.Uint64("index", it.snap.index), zap.Int64("revision", it.snap.applied.Revision))
+		}
+	}
+	for node, msgs := range outgoing {
+		s.transport.send(node, msgs)
+	}
+	for _, it := range items {
+		if err := it.r.applyCommitted(it.rd.CommittedEntries); err != nil {
+			return err
+		}
+	}
+	for _, it := range items {
+		r := it.r
+		r.mu.Lock()
+		r.raw.Advance(it.rd)
+		r.releaseReadersLocked()
+		more := r.raw.HasReady() || len(r.pendingReads) > 0
+		r.mu.Unlock()
+		if more {
+			s.enqueue(r.RangeID)
+		}
+	}
+	s.metrics.readyLatency.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// persistReady stages a Ready's snapshot, entries and hard state in b.
+func (r *Replica) persistReady(b *pebble.Batch, it *readyItem) error {
+	rd := it.rd
+	it.lastIndex, it.lastTerm = r.st.lastIndex, r.st.lastTerm
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		snap, err := r.persistSnapshot(b, rd.Snapshot)
+		if err != nil {
+			return err
+		}
+		it.snap = snap
+		it.lastIndex, it.lastTerm = snap.index, rd.Snapshot.GetMetadata().GetTerm()
+	}
+	if len(rd.Entries) > 0 {
+		// appendEntries compares against the current last index; after a
+		// snapshot in the same Ready that is the snapshot's index.
+		saved := r.st.lastIndex
+		r.st.lastIndex = it.lastIndex
+		li, lt, err := r.st.appendEntries(b, rd.Entries)
+		r.st.lastIndex = saved
+		if err != nil {
+			return err
+		}
+		it.lastIndex, it.lastTerm = li, lt
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		if err := setProto(b, kvstore.RaftHardStateKey(r.RangeID), rd.HardState); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// persistSnapshot replaces the replica's data and log with a received
+// snapshot's, in b.
+func (r *Replica) persistSnapshot(b *pebble.Batch, snap *raftpb.Snapshot) (*stagedSnapshot, error) {
+	r.mu.Lock()
+	st := r.staged
+	r.mu.Unlock()
+	idx := snap.GetMetadata().GetIndex()
+	if st == nil || st.index != idx {
+		return nil, fmt.Errorf("range %d: raft accepted snapshot at index %d without its data", r.RangeID, idx)
+	}
+	span := kvstore.Span{Start: st.desc.StartKey, End: st.desc.EndKey}
+	if err := b.DeleteRange(kvstore.MVCCSpanBound(span.Start), kvstore.MVCCSpanBound(span.End), nil); err != nil {
+		return nil, err
+	}
+	if err := b.DeleteRange(kvstore.RaftLogKey(r.RangeID, 0), kvstore.RaftLogKey(r.RangeID, ^uint64(0)), nil); err != nil {
+		return nil, err
+	}
+	for _, kv := range st.kvs {
+		if err := b.Set(kv.Key, kv.Value, nil); err != nil {
+			return nil, err
+		}
+	}
+	if err := setProto(b, kvstore.RaftTruncatedStateKey(r.RangeID), &txnproto.TruncatedState{Index: idx, Term: snap.GetMetadata().GetTerm()}); err != nil {
+		return nil, err
+	}
+	if err := setProto(b, kvstore.RangeAppliedStateKey(r.RangeID), st.applied); err != nil {
+		return nil, err
+	}
+	if err := setProto(b, kvstore.RangeDescriptorKey(r.RangeID), st.desc); err != nil {
+		return nil, err
+	}
+	if err := b.Set(kvstore.RangeStatsKey(r.RangeID), st.stats, nil); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (r *Replica) handleSoftStateLocked(ss *raft.SoftState) {
+	if ss.Lead != r.leaderReplica {
+		r.store.metrics.leaderChanges.Inc()
+		r.log.Info("range leader changed",
+			zap.Uint64("leader-node", r.nodeOfReplicaLocked(ss.Lead)),
+			zap.Uint64("term", r.raw.BasicStatus().GetTerm()),
+			zap.String("state", ss.RaftState.String()))
+		r.leaderReplica = ss.Lead
+	}
+	if ss.RaftState != raft.StateLeader {
+		r.failReadsLocked()
+	}
+}
+
+// HandleRaftMessage steps a message received from a peer into its replica.
+func (s *Store) HandleRaftMessage(rangeID uint64, m *raftpb.Message) {
+	r := s.Replica(rangeID)
+	if r == nil {
+		// Replicas are created by bootstrap (and, later, by splits and
+		// placement); a message for an unknown range is dropped rather
+		// than creating a replica that could conflict.
+		s.log.Debug("dropping raft message for unknown range", zap.Uint64("range-id", rangeID))
+		return
+	}
+	r.mu.Lock()
+	err := r.raw.Step(m)
+	r.mu.Unlock()
+	if err != nil {
+		s.log.Debug("raft step failed", zap.Uint64("range-id", rangeID), zap.Error(err))
+	}
+	s.enqueue(rangeID)
+}
+
+// HasLeader reports whether every replica on the node knows a leader.
+func (s *Store) HasLeader() bool {
+	for _, r := range s.Replicas() {
+		r.mu.Lock()
+		lead := r.raw.BasicStatus().Lead
+		r.mu.Unlock()
+		if lead == raft.None {
+			return false
+		}
+	}
+	return true
+}

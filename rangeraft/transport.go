@@ -1,0 +1,390 @@
+package rangeraft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Transport carries raft messages between nodes over gRPC on the peer
+// URLs. Messages for one node travel as one RaftMessageBatch per
+// scheduler pass on one long-lived stream; snapshots use their own stream.
+type Transport struct {
+	txnproto.UnimplementedRaftTransportServer
+	s *Store
+
+	mu    sync.Mutex
+	peers map[uint64]*peer
+	stopc chan struct{}
+}
+
+type peer struct {
+	nodeID uint64
+	queue  chan []*txnproto.RaftMessage
+	conn   *grpc.ClientConn
+}
+
+// peerQueueLen bounds the batches queued for one node; beyond it messages
+// are dropped and raft retransmits.
+const peerQueueLen = 4096
+
+// snapshotChunkBytes is the target size of one snapshot stream message.
+const snapshotChunkBytes = 1 << 20
+
+func newTransport(s *Store) *Transport {
+	return &Transport{s: s, peers: map[uint64]*peer{}, stopc: make(chan struct{})}
+}
+
+// Register adds the RaftTransport service to a gRPC server.
+func (t *Transport) Register(srv *grpc.Server) { txnproto.RegisterRaftTransportServer(srv, t) }
+
+func (t *Transport) stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	select {
+	case <-t.stopc:
+	default:
+		close(t.stopc)
+	}
+	for _, p := range t.peers {
+		if p.conn != nil {
+			p.conn.Close()
+		}
+	}
+}
+
+func (t *Transport) peer(nodeID uint64) (*peer, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.peers[nodeID]; ok {
+		return p, nil
+	}
+	addr, err := t.s.cfg.Resolve(nodeID)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, err
+	}
+	p := &peer{nodeID: nodeID, queue: make(chan []*txnproto.RaftMessage, peerQueueLen), conn: conn}
+	t.peers[nodeID] = p
+	go t.runPeer(p)
+	return p, nil
+}
+
+// send queues msgs for nodeID without blocking.
+func (t *Transport) send(nodeID uint64, msgs []*txnproto.RaftMessage) {
+	p, err := t.peer(nodeID)
+	if err != nil {
+		t.s.log.Warn("cannot resolve peer", zap.Uint64("node-id", nodeID), zap.Error(err))
+		return
+	}
+	select {
+	case p.queue <- msgs:
+	default:
+		t.s.metrics.droppedMessages.Add(float64(len(msgs)))
+	}
+}
+
+func (t *Transport) runPeer(p *peer) {
+	client := txnproto.NewRaftTransportClient(p.conn)
+	backoff := 50 * time.Millisecond
+	var stream txnproto.RaftTransport_RaftBatchesClient
+	var cancel context.CancelFunc
+	defer func() {
+		if cancel != nil {
+			cancel()
+		}
+	}()
+	for {
+		var msgs []*txnproto.RaftMessage
+		select {
+		case <-t.stopc:
+			return
+		case msgs = <-p.queue:
+		}
+	drain:
+		for len(msgs) < 4096 {
+			select {
+			case more := <-p.queue:
+				msgs = append(msgs, more...)
+			default:
+				break drain
+			}
+		}
+		if stream == nil {
+			var ctx context.Context
+			ctx, cancel = context.WithCancel(context.Background())
+			var err error
+			stream, err = client.RaftBatches(ctx)
+			if err != nil {
+				cancel()
+				stream, cancel = nil, nil
+				t.unreachable(p.nodeID, msgs)
+				t.sleep(backoff)
+				backoff = min(backoff*2, time.Second)
+				continue
+			}
+		}
+		batch := &txnproto.RaftMessageBatch{
+			ClusterId: t.s.cfg.ClusterID,
+			FromNode:  t.s.cfg.NodeID,
+			ToNode:    p.nodeID,
+			Timestamp: t.s.cfg.Clock.Now(),
+			Messages:  msgs,
+		}
+		if err := stream.Send(batch); err != nil {
+			// Find out why (a rejected cluster ID comes back as the
+			// stream's status).
+			_, rerr := stream.CloseAndRecv()
+			if rerr != nil && status.Code(rerr) == codes.FailedPrecondition {
+				t.s.log.Error("peer rejected raft messages", zap.Uint64("node-id", p.nodeID), zap.Error(rerr))
+			}
+			cancel()
+			stream, cancel = nil, nil
+			t.unreachable(p.nodeID, msgs)
+			t.sleep(backoff)
+			backoff = min(backoff*2, time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+	}
+}
+
+func (t *Transport) sleep(d time.Duration) {
+	select {
+	case <-t.stopc:
+	case <-time.After(d):
+	}
+}
+
+// unreachable tells raft that messages to a node failed, so it stops
+// pipelining to it until it answers again.
+func (t *Transport) unreachable(nodeID uint64, msgs []*txnproto.RaftMessage) {
+	seen := map[uint64]bool{}
+	for _, m := range msgs {
+		if seen[m.RangeId] {
+			continue
+		}
+		seen[m.RangeId] = true
+		if r := t.s.Replica(m.RangeId); r != nil {
+			r.mu.Lock()
+			if id := r.replicaOfNodeLocked(nodeID); id != 0 {
+				r.raw.ReportUnreachable(id)
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+// errClusterMismatch is returned to peers of another cluster.
+func (t *Transport) checkCluster(clusterID, toNode uint64) error {
+	if clusterID != t.s.cfg.ClusterID {
+		return status.Errorf(codes.FailedPrecondition,
+			"request cluster ID mismatch: got %x, want %x (is this node's data directory from another cluster?)",
+			clusterID, t.s.cfg.ClusterID)
+	}
+	if toNode != t.s.cfg.NodeID {
+		return status.Errorf(codes.FailedPrecondition, "message for node %x reached node %x", toNode, t.s.cfg.NodeID)
+	}
+	return nil
+}
+
+// RaftBatches implements the RaftTransport service.
+func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer) error {
+	for {
+		batch, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(&txnproto.BatchAck{})
+		}
+		if err != nil {
+			return err
+		}
+		if err := t.checkCluster(batch.ClusterId, batch.ToNode); err != nil {
+			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
+			return err
+		}
+		if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
+			t.s.log.Warn("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
+		}
+		for _, rm := range batch.Messages {
+			m := &raftpb.Message{}
+			if err := proto.Unmarshal(rm.Message, m); err != nil {
+				t.s.log.Warn("malformed raft message", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
+				continue
+			}
+			t.s.HandleRaftMessage(rm.RangeId, m)
+		}
+	}
+}
+
+// sendSnapshot streams the range's current state to the recipient of m (a
+// MsgSnap) and reports the outcome to raft. The snapshot's metadata is
+// rewritten to the applied state of the engine snapshot actually sent.
+func (t *Transport) sendSnapshot(r *Replica, m *raftpb.Message) {
+	status := raft.SnapshotFinish
+	defer func() {
+		r.mu.Lock()
+		r.raw.ReportSnapshot(m.GetTo(), status)
+		r.mu.Unlock()
+		t.s.enqueue(r.RangeID)
+	}()
+	r.mu.Lock()
+	node := r.nodeOfReplicaLocked(m.GetTo())
+	confState := proto.Clone(r.st.confState).(*raftpb.ConfState)
+	r.mu.Unlock()
+	if err := t.streamSnapshot(r, node, m, confState); err != nil {
+		status = raft.SnapshotFailure
+		r.log.Warn("sending snapshot failed", zap.Uint64("to-node", node), zap.Error(err))
+	}
+}
+
+func (t *Transport) streamSnapshot(r *Replica, node uint64, m *raftpb.Message, cs *raftpb.ConfState) error {
+	p, err := t.peer(node)
+	if err != nil {
+		return err
+	}
+	snap := t.s.db.NewSnapshot()
+	defer snap.Close()
+	applied := &txnproto.AppliedState{}
+	if err := getProto(snap, kvstore.RangeAppliedStateKey(r.RangeID), applied); err != nil {
+		return err
+	}
+	desc := &txnproto.RangeDescriptor{}
+	if err := getProto(snap, kvstore.RangeDescriptorKey(r.RangeID), desc); err != nil {
+		return err
+	}
+	var stats []byte
+	if v, closer, err := snap.Get(kvstore.RangeStatsKey(r.RangeID)); err == nil {
+		stats = append([]byte(nil), v...)
+		closer.Close()
+	}
+	msg := proto.Clone(m).(*raftpb.Message)
+	msg.Snapshot = &raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{
+		Index: proto.Uint64(applied.Index), Term: proto.Uint64(applied.Term), ConfState: cs,
+	}}
+	msgData, err := proto.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	stream, err := txnproto.NewRaftTransportClient(p.conn).Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	chunk := &txnproto.SnapshotChunk{
+		ClusterId: t.s.cfg.ClusterID, FromNode: t.s.cfg.NodeID, ToNode: node, RangeId: r.RangeID,
+		Message: msgData, AppliedState: applied, Descriptor_: desc, Stats: stats,
+	}
+	it, err := snap.NewIter(&pebble.IterOptions{
+		LowerBound: kvstore.MVCCSpanBound(desc.StartKey),
+		UpperBound: kvstore.MVCCSpanBound(desc.EndKey),
+	})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	size, total, keys := 0, 0, 0
+	for valid := it.First(); valid; valid = it.Next() {
+		kv := &txnproto.KeyValue{Key: append([]byte(nil), it.Key()...), Value: append([]byte(nil), it.Value()...)}
+		chunk.Kvs = append(chunk.Kvs, kv)
+		size += len(kv.Key) + len(kv.Value)
+		keys++
+		if size >= snapshotChunkBytes {
+			if err := stream.Send(chunk); err != nil {
+				return err
+			}
+			total += size
+			chunk, size = &txnproto.SnapshotChunk{}, 0
+		}
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	chunk.Final = true
+	total += size
+	if err := stream.Send(chunk); err != nil {
+		return err
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return err
+	}
+	if !resp.Applied {
+		return fmt.Errorf("recipient refused snapshot: %s", resp.Error)
+	}
+	r.log.Info("sent snapshot", zap.Uint64("to-node", node), zap.Uint64("index", applied.Index),
+		zap.Int("versions", keys), zap.Int("bytes", total), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// Snapshot implements the RaftTransport service: it assembles a snapshot
+// stream and steps its MsgSnap into the replica, staging the data to be
+// written when raft accepts it.
+func (t *Transport) Snapshot(stream txnproto.RaftTransport_SnapshotServer) error {
+	var header *txnproto.SnapshotChunk
+	var kvs []*txnproto.KeyValue
+	for {
+		c, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if header == nil {
+			if err := t.checkCluster(c.ClusterId, c.ToNode); err != nil {
+				return err
+			}
+			if c.AppliedState == nil || c.Descriptor_ == nil || len(c.Message) == 0 {
+				return status.Error(codes.InvalidArgument, "snapshot stream without header")
+			}
+			header = c
+		}
+		kvs = append(kvs, c.Kvs...)
+		if c.Final {
+			break
+		}
+	}
+	m := &raftpb.Message{}
+	if err := proto.Unmarshal(header.Message, m); err != nil || m.GetType() != raftpb.MsgSnap || m.Snapshot == nil {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: "malformed snapshot message"})
+	}
+	if m.GetSnapshot().GetMetadata().GetIndex() != header.AppliedState.Index {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: "snapshot metadata does not match its applied state"})
+	}
+	r := t.s.Replica(header.RangeId)
+	if r == nil {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: fmt.Sprintf("no replica of range %d", header.RangeId)})
+	}
+	r.mu.Lock()
+	r.staged = &stagedSnapshot{
+		index: header.AppliedState.Index, applied: header.AppliedState,
+		desc: header.Descriptor_, stats: header.Stats, kvs: kvs,
+	}
+	err := r.raw.Step(m)
+	r.mu.Unlock()
+	t.s.enqueue(r.RangeID)
+	if err != nil {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: err.Error()})
+	}
+	return stream.SendAndClose(&txnproto.SnapshotResponse{Applied: true})
+}
