@@ -1,10 +1,10 @@
 package kvstore
 
 import (
+	"github.com/stretchr/testify/require"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/stretchr/testify/require"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"

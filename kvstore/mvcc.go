@@ -145,4 +145,3 @@ func ExecRange(r pebble.Reader, ks Keyspace, span Span, req *pb.RangeRequest, cu
 	start, end = clip(span, start, end)
 	return execRange(r, start, end, req, rev, currentRev)
 }
-

@@ -262,7 +262,9 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 		resp := res.Response.(*pb.DeleteRangeResponse)
 		resp.Header = s.n.header(res.Revision, res.Term)
 		return resp, nil
-	}, func(ctx context.Context, c pb.KVClient) (*pb.DeleteRangeResponse, error) { return c.DeleteRange(ctx, req) })
+	}, func(ctx context.Context, c pb.KVClient) (*pb.DeleteRangeResponse, error) {
+		return c.DeleteRange(ctx, req)
+	})
 }
 
 // Txn implements etcd's KV.Txn. Read-only transactions take the read path
@@ -313,7 +315,7 @@ func (n *Node) txnLocal(r *rangeraft.Replica, req *pb.TxnRequest) (*pb.TxnRespon
 	defer view.Close()
 	b := n.eng.DB.NewIndexedBatch()
 	defer b.Close()
-	wb := &kvstore.WriteBatch{Batch: b, Rev: view.Revision, Keyspace: r.Keyspace(), Span: view.Span}
+	wb := &kvstore.WriteBatch{Batch: b, Rev: view.Revision, Keyspace: r.Keyspace(), Span: view.Span, CompactRev: view.CompactRevision}
 	resp, err := kvstore.ApplyTxn(wb, req)
 	if err != nil {
 		return nil, err

@@ -18,9 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/hlc"
 	"github.com/rangekv/rangekv/kvstore"
@@ -359,4 +359,3 @@ func prefixEnd(p []byte) []byte {
 	}
 	return nil
 }
-

@@ -1,5 +1,484 @@
 package node
 
-import pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
 
-func newWatchServer(n *Node) pb.WatchServer { return &pb.UnimplementedWatchServer{} }
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+)
+
+// watchServer implements etcd's Watch service over range feeds.
+//
+// Each watcher pulls from its range's Feed: it remembers the next revision
+// it owes the client and asks the feed for what follows, falling back to
+// the engine's MVCC history when the feed's in-memory window has moved
+// past it. Writers never wait for watchers; a slow client only slows its
+// own stream. Delivery per watcher is in revision order, and all events of
+// one revision go in one response (or one fragment sequence), which gives
+// etcd's ordered, unique, atomic and reliable guarantees within a range.
+type watchServer struct {
+	pb.UnimplementedWatchServer
+	n *Node
+}
+
+func newWatchServer(n *Node) pb.WatchServer { return &watchServer{n: n} }
+
+// errDuplicateWatchID is etcd's message for a client-chosen ID in use.
+var errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+
+// maxFeedEntriesPerPull bounds the revisions a watcher takes per pull.
+const maxFeedEntriesPerPull = 1024
+
+type watchStream struct {
+	n     *Node
+	srv   pb.Watch_WatchServer
+	ctx   context.Context
+	sendc chan *pb.WatchResponse
+
+	mu       sync.Mutex
+	watchers map[int64]*watcher
+	nextID   int64
+	wg       sync.WaitGroup
+}
+
+type watcher struct {
+	ws             *watchStream
+	id             int64
+	key, end       []byte // user keys; end nil = single key, empty = to the end
+	span           kvstore.Span
+	prevKV         bool
+	noPut, noDel   bool
+	fragment       bool
+	progressNotify bool
+	r              *rangeraft.Replica
+	cancelc        chan struct{}
+
+	mu   sync.Mutex
+	next int64 // every event below next has been queued for the client
+}
+
+// Watch implements etcd's Watch stream.
+func (s *watchServer) Watch(srv pb.Watch_WatchServer) error {
+	ctx, cancel := context.WithCancel(srv.Context())
+	defer cancel()
+	ws := &watchStream{
+		n: s.n, srv: srv, ctx: ctx,
+		sendc:    make(chan *pb.WatchResponse, 128),
+		watchers: map[int64]*watcher{},
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- ws.sendLoop() }()
+	go func() { errc <- ws.recvLoop() }()
+	go ws.progressLoop()
+	err := <-errc
+	cancel()
+	ws.mu.Lock()
+	for _, w := range ws.watchers {
+		close(w.cancelc)
+	}
+	ws.watchers = nil
+	ws.mu.Unlock()
+	ws.wg.Wait()
+	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (ws *watchStream) send(resp *pb.WatchResponse) bool {
+	select {
+	case ws.sendc <- resp:
+		return true
+	case <-ws.ctx.Done():
+		return false
+	}
+}
+
+func (ws *watchStream) sendLoop() error {
+	for {
+		select {
+		case <-ws.ctx.Done():
+			return ws.ctx.Err()
+		case resp := <-ws.sendc:
+			if err := ws.srv.Send(resp); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (ws *watchStream) recvLoop() error {
+	for {
+		req, err := ws.srv.Recv()
+		if err != nil {
+			return err
+		}
+		switch u := req.RequestUnion.(type) {
+		case *pb.WatchRequest_CreateRequest:
+			ws.create(u.CreateRequest)
+		case *pb.WatchRequest_CancelRequest:
+			ws.cancel(u.CancelRequest.WatchId)
+		case *pb.WatchRequest_ProgressRequest:
+			ws.wg.Add(1)
+			go ws.progressAll()
+		default:
+			// etcd ignores unknown request kinds.
+		}
+	}
+}
+
+func (ws *watchStream) header(rev int64) *pb.ResponseHeader {
+	h := ws.n.userHeader()
+	if rev > 0 {
+		h.Revision = rev
+	}
+	return h
+}
+
+func (ws *watchStream) create(c *pb.WatchCreateRequest) {
+	// etcd's normalisation: empty key is \x00 (the smallest key), an empty
+	// range_end is a single key, "\x00" means every key >= key.
+	key := c.Key
+	if len(key) == 0 {
+		key = []byte{0}
+	}
+	var end []byte
+	switch {
+	case len(c.RangeEnd) == 0:
+		end = nil
+	case len(c.RangeEnd) == 1 && c.RangeEnd[0] == 0:
+		end = []byte{}
+	default:
+		end = c.RangeEnd
+	}
+	r, err := ws.n.userRange(key)
+	if err != nil {
+		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: c.WatchId, Created: true, Canceled: true, CancelReason: err.Error()})
+		return
+	}
+	w := &watcher{
+		ws: ws, key: key, end: end, r: r,
+		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,
+		cancelc: make(chan struct{}),
+	}
+	for _, f := range c.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			w.noDel = true
+		}
+	}
+	start := kvstore.UserSpanKey(key)
+	spanEnd := kvstore.UserSpanEndKey(end)
+	if end == nil {
+		spanEnd = append(bytes.Clone(start), 0)
+	}
+	w.span = kvstore.Span{Start: start, End: spanEnd}
+
+	ws.mu.Lock()
+	if ws.watchers == nil {
+		ws.mu.Unlock()
+		return
+	}
+	id := c.WatchId
+	if id == 0 && c.WatchId == 0 {
+		// Auto-assigned IDs count up from 0, skipping IDs in use (etcd's
+		// AutoWatchID behaviour).
+		for {
+			if _, used := ws.watchers[ws.nextID]; !used {
+				break
+			}
+			ws.nextID++
+		}
+		id = ws.nextID
+		ws.nextID++
+	} else if _, used := ws.watchers[id]; used {
+		ws.mu.Unlock()
+		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: id, Created: true, Canceled: true,
+			CancelReason: errDuplicateWatchID.Error()})
+		return
+	}
+	w.id = id
+	st := r.Status()
+	current := r.Feed().Last()
+	w.next = c.StartRevision
+	if w.next <= 0 {
+		w.next = current + 1
+	}
+	if w.next < st.CompactRevision {
+		// etcd: a watch from a compacted revision is created, then
+		// cancelled with the compact revision.
+		ws.mu.Unlock()
+		ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, Created: true})
+		ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, CompactRevision: st.CompactRevision, Canceled: true})
+		return
+	}
+	ws.watchers[id] = w
+	ws.wg.Add(1)
+	ws.mu.Unlock()
+	ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, Created: true})
+	go w.run()
+}
+
+func (ws *watchStream) cancel(id int64) {
+	ws.mu.Lock()
+	w, ok := ws.watchers[id]
+	if ok {
+		delete(ws.watchers, id)
+		close(w.cancelc)
+	}
+	ws.mu.Unlock()
+	if ok {
+		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: id, Canceled: true})
+	}
+}
+
+// remove drops a watcher that ended itself (compacted).
+func (ws *watchStream) remove(id int64) {
+	ws.mu.Lock()
+	if w, ok := ws.watchers[id]; ok {
+		delete(ws.watchers, id)
+		close(w.cancelc)
+	}
+	ws.mu.Unlock()
+}
+
+// run delivers the watcher's events until it is cancelled or the stream
+// ends.
+func (w *watcher) run() {
+	defer w.ws.wg.Done()
+	feed := w.r.Feed()
+	for {
+		w.mu.Lock()
+		next := w.next
+		w.mu.Unlock()
+		entries, inWindow, _, wait := feed.Since(next-1, maxFeedEntriesPerPull)
+		if !inWindow {
+			if !w.catchUpFromEngine(next, feed.Floor()) {
+				return
+			}
+			continue
+		}
+		if len(entries) == 0 {
+			select {
+			case <-wait:
+				continue
+			case <-w.cancelc:
+				return
+			case <-w.ws.ctx.Done():
+				return
+			}
+		}
+		var evs []*mvccpb.Event
+		for _, e := range entries {
+			evs = w.appendMatching(evs, e.Events)
+		}
+		covered := entries[len(entries)-1].Revision
+		if !w.deliver(evs, covered) {
+			return
+		}
+	}
+}
+
+// catchUpFromEngine sends the events in [from, to] from MVCC history.
+func (w *watcher) catchUpFromEngine(from, to int64) bool {
+	view := w.r.NewReadView()
+	defer view.Close()
+	if from < view.CompactRevision {
+		w.ws.remove(w.id)
+		w.ws.send(&pb.WatchResponse{Header: w.ws.header(view.Revision), WatchId: w.id,
+			CompactRevision: view.CompactRevision, Canceled: true})
+		return false
+	}
+	to = min(to, view.Revision)
+	span := intersect(w.span, view.Span)
+	var evs []*mvccpb.Event
+	err := kvstore.MVCCHistory(view.Reader, span, from, to, func(ev *mvccpb.Event) bool {
+		evs = w.appendMatching(evs, []*mvccpb.Event{ev})
+		return true
+	})
+	if err != nil {
+		w.ws.n.log.Error("watch history read failed", zap.Int64("watch-id", w.id), zap.Error(err))
+		w.ws.remove(w.id)
+		w.ws.send(&pb.WatchResponse{Header: w.ws.header(0), WatchId: w.id, Canceled: true, CancelReason: err.Error()})
+		return false
+	}
+	return w.deliver(evs, to)
+}
+
+func intersect(a, b kvstore.Span) kvstore.Span {
+	out := a
+	if bytes.Compare(b.Start, out.Start) > 0 {
+		out.Start = b.Start
+	}
+	if bytes.Compare(b.End, out.End) < 0 {
+		out.End = b.End
+	}
+	return out
+}
+
+func (w *watcher) appendMatching(dst, evs []*mvccpb.Event) []*mvccpb.Event {
+	for _, ev := range evs {
+		if !w.matches(ev.Kv.Key) {
+			continue
+		}
+		if (ev.Type == mvccpb.Event_PUT && w.noPut) || (ev.Type == mvccpb.Event_DELETE && w.noDel) {
+			continue
+		}
+		if !w.prevKV && ev.PrevKv != nil {
+			ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+		}
+		dst = append(dst, ev)
+	}
+	return dst
+}
+
+func (w *watcher) matches(key []byte) bool {
+	if w.end == nil {
+		return bytes.Equal(key, w.key)
+	}
+	if bytes.Compare(key, w.key) < 0 {
+		return false
+	}
+	return len(w.end) == 0 || bytes.Compare(key, w.end) < 0
+}
+
+// deliver queues evs (all revisions up to covered) and advances next.
+func (w *watcher) deliver(evs []*mvccpb.Event, covered int64) bool {
+	if len(evs) > 0 {
+		for _, resp := range w.responses(evs, covered) {
+			select {
+			case <-w.cancelc:
+				return false
+			default:
+			}
+			if !w.ws.send(resp) {
+				return false
+			}
+		}
+	}
+	w.mu.Lock()
+	w.next = max(w.next, covered+1)
+	w.mu.Unlock()
+	return true
+}
+
+// responses packs events into one response, or into fragments under
+// --max-request-bytes when the watcher asked for fragmentation.
+func (w *watcher) responses(evs []*mvccpb.Event, covered int64) []*pb.WatchResponse {
+	h := w.ws.header(covered)
+	resp := &pb.WatchResponse{Header: h, WatchId: w.id, Events: evs}
+	limit := w.ws.n.cfg.MaxRequestBytes
+	if !w.fragment || proto.Size(resp) <= limit {
+		return []*pb.WatchResponse{resp}
+	}
+	var out []*pb.WatchResponse
+	cur := &pb.WatchResponse{Header: h, WatchId: w.id, Fragment: true}
+	size := 0
+	for _, ev := range evs {
+		es := proto.Size(ev)
+		if len(cur.Events) > 0 && size+es > limit {
+			out = append(out, cur)
+			cur = &pb.WatchResponse{Header: h, WatchId: w.id, Fragment: true}
+			size = 0
+		}
+		cur.Events = append(cur.Events, ev)
+		size += es
+	}
+	cur.Fragment = false
+	return append(out, cur)
+}
+
+// synced reports whether the watcher has been given every published event
+// and returns the revision through which it has.
+func (w *watcher) synced() (int64, bool) {
+	last := w.r.Feed().Last()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.next - 1, w.next > last
+}
+
+// progressLoop sends periodic progress notifications to synced watchers
+// that asked for them (--watch-progress-notify-interval).
+func (ws *watchStream) progressLoop() {
+	interval := ws.n.cfg.WatchProgressNotifyInterval
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ws.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ws.mu.Lock()
+		var ws2 []*watcher
+		for _, w := range ws.watchers {
+			if w.progressNotify {
+				ws2 = append(ws2, w)
+			}
+		}
+		ws.mu.Unlock()
+		for _, w := range ws2 {
+			if rev, ok := w.synced(); ok {
+				ws.send(&pb.WatchResponse{Header: ws.header(rev), WatchId: w.id})
+			}
+		}
+	}
+}
+
+// progressAll answers a RequestProgress: one response with watch ID -1 once
+// every watcher on the stream is synced, at the lowest revision through
+// which all of them are (etcd sends it only when all are synced).
+func (ws *watchStream) progressAll() {
+	defer ws.wg.Done()
+	deadline := time.Now().Add(ws.n.reqTimeout)
+	for {
+		ws.mu.Lock()
+		all := make([]*watcher, 0, len(ws.watchers))
+		for _, w := range ws.watchers {
+			all = append(all, w)
+		}
+		ws.mu.Unlock()
+		rev := int64(-1)
+		synced := true
+		for _, w := range all {
+			r, ok := w.synced()
+			if !ok {
+				synced = false
+				break
+			}
+			if rev < 0 || r < rev {
+				rev = r
+			}
+		}
+		if synced {
+			if rev < 0 {
+				rev = ws.header(0).Revision
+			}
+			ws.send(&pb.WatchResponse{Header: ws.header(rev), WatchId: -1})
+			return
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-ws.ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

@@ -264,7 +264,6 @@ func (r *Replica) NewReadView() *ReadView {
 	}
 }
 
-
 // WaitPhysicalCompaction blocks until the range's versions below rev have
 // been physically removed on this replica (etcd's Compact physical=true).
 func (r *Replica) WaitPhysicalCompaction(ctx context.Context, rev int64) error {
@@ -393,7 +392,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		}
 		rev := max(cmd.Timestamp, applied.Revision+1)
 		res := ApplyResult{Term: e.GetTerm()}
-		wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: r.keyspace, Span: span}
+		wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: r.keyspace, Span: span, CompactRev: applied.CompactRevision}
 		before := b.Count()
 		switch {
 		case cmd.Put != nil:

@@ -108,13 +108,14 @@ func (t *Transport) send(nodeID uint64, msgs []*txnproto.RaftMessage) {
 func (t *Transport) runPeer(p *peer) {
 	client := txnproto.NewRaftTransportClient(p.conn)
 	backoff := 50 * time.Millisecond
-	var stream txnproto.RaftTransport_RaftBatchesClient
-	var cancel context.CancelFunc
-	defer func() {
-		if cancel != nil {
-			cancel()
-		}
+	// One context for the peer's lifetime; a broken stream is replaced.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-t.stopc
+		cancel()
 	}()
+	var stream txnproto.RaftTransport_RaftBatchesClient
 	for {
 		var msgs []*txnproto.RaftMessage
 		select {
@@ -132,13 +133,10 @@ func (t *Transport) runPeer(p *peer) {
 			}
 		}
 		if stream == nil {
-			var ctx context.Context
-			ctx, cancel = context.WithCancel(context.Background())
 			var err error
 			stream, err = client.RaftBatches(ctx)
 			if err != nil {
-				cancel()
-				stream, cancel = nil, nil
+				stream = nil
 				t.unreachable(p.nodeID, msgs)
 				t.sleep(backoff)
 				backoff = min(backoff*2, time.Second)
@@ -159,8 +157,7 @@ func (t *Transport) runPeer(p *peer) {
 			if rerr != nil && status.Code(rerr) == codes.FailedPrecondition {
 				t.s.log.Error("peer rejected raft messages", zap.Uint64("node-id", p.nodeID), zap.Error(rerr))
 			}
-			cancel()
-			stream, cancel = nil, nil
+			stream = nil
 			t.unreachable(p.nodeID, msgs)
 			t.sleep(backoff)
 			backoff = min(backoff*2, time.Second)
