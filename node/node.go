@@ -214,8 +214,9 @@ func (n *Node) initialMembers() ([]*txnproto.Member, *txnproto.Member, error) {
 		m := &txnproto.Member{Id: memberID(urls, n.cfg.InitialClusterToken), Name: im.Name, PeerUrls: urls}
 		members = append(members, m)
 		if im.Name == n.cfg.Name {
+			// Client URLs are published later through the meta range:
+			// bootstrap state must be byte-identical on every founder.
 			self = m
-			m.ClientUrls = urlStrings(n.cfg.AdvertiseClientURLs)
 		}
 	}
 	if self == nil {
