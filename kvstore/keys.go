@@ -27,11 +27,12 @@ const (
 	nsEnd   byte = 0x03
 )
 
+// Span keys bounding the replicated keyspaces: the meta range's
+// [MetaSpanStart, MetaSpanEnd) and all user keys' [UserSpanStart,
+// UserSpanEnd). Callers must not modify them.
 var (
-	// MetaSpanStart and MetaSpanEnd bound the meta range's keyspace.
 	MetaSpanStart = []byte{nsMeta}
 	MetaSpanEnd   = []byte{nsUser}
-	// UserSpanStart and UserSpanEnd bound the keyspace of all user keys.
 	UserSpanStart = []byte{nsUser}
 	UserSpanEnd   = []byte{nsEnd}
 )

@@ -28,6 +28,7 @@ type NotLeaderError struct {
 	LeaderNode uint64
 }
 
+// Error implements error.
 func (e *NotLeaderError) Error() string {
 	if e.LeaderNode == 0 {
 		return fmt.Sprintf("range %d: no leader", e.RangeID)

@@ -168,12 +168,10 @@ func (s *raftStorage) Snapshot() (*raftpb.Snapshot, error) {
 	}}, nil
 }
 
-// appendEntries stages ents in b, removing any conflicting suffix. It
-// returns the new last index and term to publish after b commits.
-func (s *raftStorage) appendEntries(b *pebble.Batch, ents []*raftpb.Entry) (lastIndex, lastTerm uint64, err error) {
-	if len(ents) == 0 {
-		return s.lastIndex, s.lastTerm, nil
-	}
+// appendEntries stages ents in b after a log whose last index is
+// prevLast, removing any conflicting suffix. It returns the new last index
+// and term to publish after b commits; it does not modify s.
+func (s *raftStorage) appendEntries(b *pebble.Batch, prevLast uint64, ents []*raftpb.Entry) (lastIndex, lastTerm uint64, err error) {
 	for _, e := range ents {
 		data, err := proto.Marshal(e)
 		if err != nil {
@@ -184,10 +182,10 @@ func (s *raftStorage) appendEntries(b *pebble.Batch, ents []*raftpb.Entry) (last
 		}
 	}
 	last := ents[len(ents)-1]
-	if last.GetIndex() < s.lastIndex {
+	if last.GetIndex() < prevLast {
 		// Drop the conflicting tail beyond the new last entry.
 		if err := b.DeleteRange(kvstore.RaftLogKey(s.rangeID, last.GetIndex()+1),
-			kvstore.RaftLogKey(s.rangeID, s.lastIndex+1), nil); err != nil {
+			kvstore.RaftLogKey(s.rangeID, prevLast+1), nil); err != nil {
 			return 0, 0, err
 		}
 	}

@@ -186,6 +186,7 @@ func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
 func (s *Store) Start() {
 	s.mu.RLock()
 	for _, r := range s.replicas {
+		r.maybeCampaignOnStart()
 		go r.runCompactor(s.stopc)
 		if r.st.applied.CompactRevision > 0 {
 			// Finish a physical compaction a crash interrupted.
@@ -430,12 +431,9 @@ func (r *Replica) persistReady(b *pebble.Batch, it *readyItem) error {
 		it.lastIndex, it.lastTerm = snap.index, rd.Snapshot.GetMetadata().GetTerm()
 	}
 	if len(rd.Entries) > 0 {
-		// appendEntries compares against the current last index; after a
-		// snapshot in the same Ready that is the snapshot's index.
-		saved := r.st.lastIndex
-		r.st.lastIndex = it.lastIndex
-		li, lt, err := r.st.appendEntries(b, rd.Entries)
-		r.st.lastIndex = saved
+		// After a snapshot in the same Ready the log ends at the
+		// snapshot's index.
+		li, lt, err := r.st.appendEntries(b, it.lastIndex, rd.Entries)
 		if err != nil {
 			return err
 		}
@@ -484,6 +482,25 @@ func (r *Replica) persistSnapshot(b *pebble.Batch, snap *raftpb.Snapshot) (*stag
 		return nil, err
 	}
 	return st, nil
+}
+
+// maybeCampaignOnStart starts an election at once, instead of after an
+// election timeout, where that cannot disturb a working leader: a range
+// with a single voter, and a freshly bootstrapped range on the replica
+// with the lowest ID (CockroachDB campaigns bootstrapped ranges the same
+// way). PreVote keeps a spurious campaign harmless.
+func (r *Replica) maybeCampaignOnStart() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	voters := r.st.confState.GetVoters()
+	lowest := slices.Min(append([]uint64{r.replicaID}, voters...))
+	fresh := r.st.applied.Index == initialIndex && r.st.lastIndex == initialIndex
+	if len(voters) == 1 && voters[0] == r.replicaID || fresh && lowest == r.replicaID {
+		if err := r.raw.Campaign(); err != nil {
+			r.log.Debug("campaign failed", zap.Error(err))
+		}
+		r.store.enqueue(r.RangeID)
+	}
 }
 
 func (r *Replica) handleSoftStateLocked(ss *raft.SoftState) {
