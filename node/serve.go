@@ -13,10 +13,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -67,6 +70,9 @@ func (n *Node) serve() error {
 
 	mux := http.NewServeMux()
 	n.registerHTTP(mux)
+	if err := n.registerGateway(mux); err != nil {
+		return err
+	}
 	for _, u := range n.cfg.ListenClientURLs {
 		l, err := net.Listen("tcp", u.Host)
 		if err != nil {
@@ -82,6 +88,39 @@ func (n *Node) serve() error {
 		go func() { _ = hsrv.Serve(httpL) }()
 		go func() { _ = m.Serve() }()
 	}
+	return nil
+}
+
+// registerGateway serves etcd's JSON gateway under /v3/ (POST
+// /v3/kv/range, /v3/kv/put, /v3/watch, ...). Unary services run in
+// process; Watch, a stream, goes through a loopback gRPC connection to the
+// node's first client URL.
+func (n *Node) registerGateway(mux *http.ServeMux) error {
+	ctx := context.Background()
+	gwmux := runtime.NewServeMux()
+	if err := gw.RegisterKVHandlerServer(ctx, gwmux, &kvServer{n: n}); err != nil {
+		return err
+	}
+	if err := gw.RegisterClusterHandlerServer(ctx, gwmux, &clusterServer{n: n}); err != nil {
+		return err
+	}
+	if err := gw.RegisterMaintenanceHandlerServer(ctx, gwmux, &maintenanceServer{n: n}); err != nil {
+		return err
+	}
+	host := n.cfg.ListenClientURLs[0].Host
+	if h, port, err := net.SplitHostPort(host); err == nil && (h == "" || h == "0.0.0.0" || h == "::") {
+		host = net.JoinHostPort("127.0.0.1", port)
+	}
+	conn, err := grpc.NewClient(host, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)))
+	if err != nil {
+		return err
+	}
+	n.httpServers = append(n.httpServers, func() { conn.Close() })
+	if err := gw.RegisterWatchHandler(ctx, gwmux, conn); err != nil {
+		return err
+	}
+	mux.Handle("/v3/", gwmux)
 	return nil
 }
 

@@ -78,7 +78,14 @@ func (s *watchServer) Watch(srv pb.Watch_WatchServer) error {
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- ws.sendLoop() }()
-	go func() { errc <- ws.recvLoop() }()
+	go func() {
+		// A client that half-closes (io.EOF) still receives events until
+		// the stream's context ends, as in etcd (the JSON gateway relies
+		// on it).
+		if err := ws.recvLoop(); !errors.Is(err, io.EOF) {
+			errc <- err
+		}
+	}()
 	go ws.progressLoop()
 	err := <-errc
 	cancel()
