@@ -1,0 +1,114 @@
+package rangeraft
+
+import (
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+func openEngine(t *testing.T) *kvstore.Engine {
+	t.Helper()
+	eng, err := kvstore.Open(t.TempDir(), zap.NewNop())
+	require.NoError(t, err)
+	t.Cleanup(func() { eng.Close() })
+	return eng
+}
+
+func ent(index, term uint64) *raftpb.Entry {
+	return &raftpb.Entry{Index: proto.Uint64(index), Term: proto.Uint64(term), Data: []byte{byte(index)}}
+}
+
+// TestRaftStorageAppendConflictAndReload checks the log invariants across
+// an append that overwrites a conflicting suffix, and across a reload
+// from the engine.
+func TestRaftStorageAppendConflictAndReload(t *testing.T) {
+	eng := openEngine(t)
+	const rangeID = 7
+	b := eng.DB.NewBatch()
+	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
+	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
+	require.NoError(t, b.Commit(pebble.Sync))
+
+	s, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	require.NoError(t, err)
+	first, _ := s.FirstIndex()
+	last, _ := s.LastIndex()
+	require.Equal(t, uint64(11), first)
+	require.Equal(t, uint64(10), last)
+	term, err := s.Term(10)
+	require.NoError(t, err)
+	require.Equal(t, uint64(5), term)
+	_, err = s.Term(9)
+	require.ErrorIs(t, err, raft.ErrCompacted)
+
+	// Append 11..15 in term 6.
+	b = eng.DB.NewBatch()
+	li, lt, err := s.appendEntries(b, s.lastIndex, []*raftpb.Entry{ent(11, 6), ent(12, 6), ent(13, 6), ent(14, 6), ent(15, 6)})
+	require.NoError(t, err)
+	require.NoError(t, b.Commit(pebble.Sync))
+	s.lastIndex, s.lastTerm = li, lt
+
+	// A new leader overwrites 13.. with a shorter suffix in term 7.
+	b = eng.DB.NewBatch()
+	li, lt, err = s.appendEntries(b, s.lastIndex, []*raftpb.Entry{ent(13, 7)})
+	require.NoError(t, err)
+	require.NoError(t, b.Commit(pebble.Sync))
+	s.lastIndex, s.lastTerm = li, lt
+	require.Equal(t, uint64(13), s.lastIndex)
+
+	ents, err := s.Entries(11, 14, 1<<20)
+	require.NoError(t, err)
+	require.Len(t, ents, 3)
+	require.Equal(t, uint64(7), ents[2].GetTerm())
+	_, err = s.Entries(11, 15, 1<<20)
+	require.Error(t, err, "entries beyond the last index must not be served")
+
+	// maxSize returns at least one entry.
+	ents, err = s.Entries(11, 14, 1)
+	require.NoError(t, err)
+	require.Len(t, ents, 1)
+
+	// Reload: the stale entries 14 and 15 are gone.
+	s2, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	require.NoError(t, err)
+	require.Equal(t, uint64(13), s2.lastIndex)
+	require.Equal(t, uint64(7), s2.lastTerm)
+	_, err = s2.Term(14)
+	require.ErrorIs(t, err, raft.ErrUnavailable)
+}
+
+// TestRaftStorageRejectsMissingLog checks that a hard state committing
+// beyond the persisted log fails the load with a clear error instead of
+// running raft on a broken log.
+func TestRaftStorageRejectsMissingLog(t *testing.T) {
+	eng := openEngine(t)
+	const rangeID = 3
+	b := eng.DB.NewBatch()
+	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
+	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
+	require.NoError(t, setProto(b, kvstore.RaftHardStateKey(rangeID), &raftpb.HardState{Term: proto.Uint64(6), Commit: proto.Uint64(20)}))
+	require.NoError(t, b.Commit(pebble.Sync))
+	_, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	require.ErrorContains(t, err, "missing entries")
+}
+
+// TestRaftStorageCorruptEntry checks that a corrupt log entry surfaces as
+// an error, not a panic.
+func TestRaftStorageCorruptEntry(t *testing.T) {
+	eng := openEngine(t)
+	const rangeID = 4
+	b := eng.DB.NewBatch()
+	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
+	require.NoError(t, b.Set(kvstore.RaftLogKey(rangeID, 11), []byte{0xff, 0xff, 0xff}, nil))
+	require.NoError(t, b.Commit(pebble.Sync))
+	_, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	require.ErrorContains(t, err, "corrupt log entry")
+}
