@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/etcdserverpb/gw"
@@ -36,6 +36,7 @@ const grpcOverheadBytes = 512 * 1024
 // serve binds the peer and client URLs and starts their servers.
 func (n *Node) serve() error {
 	n.peerServer = grpc.NewServer(
+		grpc.WaitForHandlers(true),
 		grpc.MaxRecvMsgSize(64<<20+n.cfg.MaxRequestBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
@@ -56,6 +57,7 @@ func (n *Node) serve() error {
 	}
 
 	n.clientServer = grpc.NewServer(
+		grpc.WaitForHandlers(true),
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),

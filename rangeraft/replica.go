@@ -479,11 +479,20 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	r.releaseReadersLocked()
 	r.mu.Unlock()
 	if compactTo > 0 {
-		select {
-		case r.compactTarget <- compactTo:
-		default:
-			// The compactor is busy; it reads the newest target when done.
-			go func() { r.compactTarget <- compactTo }()
+		// The channel holds one target; replace a queued older one so the
+		// compactor always finds the newest when it is next free.
+		for {
+			select {
+			case r.compactTarget <- compactTo:
+			default:
+				select {
+				case old := <-r.compactTarget:
+					compactTo = max(compactTo, old)
+				default:
+				}
+				continue
+			}
+			break
 		}
 	}
 	return nil

@@ -64,9 +64,12 @@ type Store struct {
 	workCh chan struct{}
 
 	proposalSeq atomic.Uint64
-	stopc       chan struct{}
-	donec       chan struct{}
-	fatal       chan error
+	// bg counts goroutines that use the engine outside the scheduler
+	// (compactors, snapshot senders); Stop waits for them.
+	bg    sync.WaitGroup
+	stopc chan struct{}
+	donec chan struct{}
+	fatal chan error
 }
 
 // NewStore loads every replica found in the engine. Call Start to run it.
@@ -187,7 +190,11 @@ func (s *Store) Start() {
 	s.mu.RLock()
 	for _, r := range s.replicas {
 		r.maybeCampaignOnStart()
-		go r.runCompactor(s.stopc)
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			r.runCompactor(s.stopc)
+		}()
 		if r.st.applied.CompactRevision > 0 {
 			// Finish a physical compaction a crash interrupted.
 			r.physicalDone = 0
@@ -208,6 +215,7 @@ func (s *Store) Stop() {
 	}
 	<-s.donec
 	s.transport.stop()
+	s.bg.Wait()
 }
 
 // Fatal is signalled when the scheduler hits an error it cannot recover
@@ -371,7 +379,11 @@ func (s *Store) processReady() error {
 		}
 		for _, m := range it.rd.Messages {
 			if m.GetType() == raftpb.MsgSnap {
-				go s.transport.sendSnapshot(r, m)
+				s.bg.Add(1)
+				go func() {
+					defer s.bg.Done()
+					s.transport.sendSnapshot(r, m)
+				}()
 				continue
 			}
 			node := r.nodeOfReplicaLocked(m.GetTo())

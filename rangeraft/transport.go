@@ -285,6 +285,13 @@ func (t *Transport) streamSnapshot(r *Replica, node uint64, m *raftpb.Message, c
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	go func() {
+		select {
+		case <-t.stopc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	stream, err := txnproto.NewRaftTransportClient(p.conn).Snapshot(ctx)
 	if err != nil {
 		return err
