@@ -3,6 +3,8 @@ package kvstore
 import (
 	"bytes"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"math"
 	"sort"
 
@@ -365,3 +367,16 @@ type kvSorter struct {
 func (s kvSorter) Len() int           { return len(s.kvs) }
 func (s kvSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }
 func (s kvSorter) Less(i, j int) bool { return s.less(s.kvs[i], s.kvs[j]) }
+
+// StreamableRange reports whether req can be served by etcd 3.7's
+// RangeStream: default key ordering and no revision filters. The error is
+// etcd's Unimplemented status otherwise.
+func StreamableRange(req *pb.RangeRequest) error {
+	if !isDefaultOrdering(req.SortTarget, req.SortOrder) {
+		return status.Errorf(codes.Unimplemented, "RangeStream does not support custom sort orders")
+	}
+	if hasRevisionFilters(req) {
+		return status.Errorf(codes.Unimplemented, "RangeStream does not support revision filters")
+	}
+	return nil
+}

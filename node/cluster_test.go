@@ -477,9 +477,6 @@ func TestClusterWatchAcrossNodes(t *testing.T) {
 				require.Equal(t, who.id(), resp.Header.MemberId)
 				// All events of one revision come in one response.
 				rev := resp.Events[0].Kv.ModRevision
-				if resp.Events[0].Type == mvccpb.DELETE {
-					rev = resp.Events[0].Kv.ModRevision
-				}
 				require.Greater(t, rev, lastRev, "watch through %s: revisions must increase across responses", who.name)
 				for _, ev := range resp.Events {
 					require.GreaterOrEqual(t, resp.Header.Revision, ev.Kv.ModRevision)
@@ -567,4 +564,88 @@ func assertEventually(d time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestClusterWatchAcrossLeaderChange: a watch through one surviving node
+// delivers every write acknowledged through another surviving node, in
+// revision order, without gaps or duplicates, while the leader is stopped.
+// The key's events form a chain: each event's prev_kv is the previous
+// event's kv.
+func TestClusterWatchAcrossLeaderChange(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	fs := c.followers(lead)
+	watcher, writer := fs[0], fs[1]
+	ctx := ctxT(t, 2*testWait)
+
+	wch := watcher.client.Watch(ctx, "wl", clientv3.WithPrevKV(), clientv3.WithCreatedNotify())
+	require.True(t, (<-wch).Created)
+
+	type ack struct {
+		val string
+		rev int64
+	}
+	var (
+		mu      sync.Mutex
+		acked   []ack
+		unknown = map[string]bool{}
+	)
+	writes := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			v := fmt.Sprint(i)
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			r, err := writer.client.Put(wctx, "wl", v)
+			cancel()
+			mu.Lock()
+			if err == nil {
+				acked = append(acked, ack{v, r.Header.Revision})
+			} else {
+				unknown[v] = true // may or may not have applied
+			}
+			mu.Unlock()
+		}
+	}
+	writes(0, 20)
+	c.stop(lead)
+	writes(20, 40)
+
+	mu.Lock()
+	wantAcks := slices.Clone(acked)
+	mu.Unlock()
+	var events []*clientv3.Event
+	timeout := time.After(testWait)
+	lastAck := wantAcks[len(wantAcks)-1].rev
+	for len(events) == 0 || events[len(events)-1].Kv.ModRevision < lastAck {
+		select {
+		case resp := <-wch:
+			require.NoError(t, resp.Err())
+			events = append(events, resp.Events...)
+		case <-timeout:
+			t.Fatalf("watch through %s: %d events, none at revision %d", watcher.name, len(events), lastAck)
+		}
+	}
+	byRev := map[int64]*clientv3.Event{}
+	for i, ev := range events {
+		if i > 0 {
+			prev := events[i-1]
+			require.Greater(t, ev.Kv.ModRevision, prev.Kv.ModRevision, "event %d out of order or duplicated", i)
+			require.NotNil(t, ev.PrevKv, "event %d", i)
+			require.Equal(t, string(prev.Kv.Value), string(ev.PrevKv.Value), "event %d prev_kv", i)
+			require.Equal(t, prev.Kv.ModRevision, ev.PrevKv.ModRevision, "event %d prev_kv", i)
+		}
+		byRev[ev.Kv.ModRevision] = ev
+	}
+	for _, a := range wantAcks {
+		ev, ok := byRev[a.rev]
+		require.True(t, ok, "acknowledged write %s at revision %d never delivered", a.val, a.rev)
+		require.Equal(t, a.val, string(ev.Kv.Value))
+	}
+	for _, ev := range events {
+		v := string(ev.Kv.Value)
+		if !unknown[v] && !slices.ContainsFunc(wantAcks, func(a ack) bool { return a.val == v }) {
+			t.Errorf("watch delivered value %s that was never written", v)
+		}
+	}
+	c.restart(lead)
+	c.waitReady()
 }

@@ -69,7 +69,7 @@ func (s *kvServer) target(ctx context.Context, key []byte) (*rangeraft.Replica, 
 // forwards with remote to the leader, retrying while leadership is in
 // flux until ctx ends. Only errors that prove the request did not execute
 // are retried, so a write is never applied twice by a retry.
-func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Replica,
+func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Replica, idempotent bool,
 	local func(context.Context) (T, error),
 	remote func(context.Context, pb.KVClient) (T, error)) (T, error) {
 	var zero T
@@ -87,8 +87,11 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Re
 		}
 		if nl.LeaderNode != 0 && nl.LeaderNode != s.n.id {
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
-			if err == nil || !retryableForward(err) {
-				return res, err
+			if err == nil {
+				return res, nil
+			}
+			if !retryableForward(err) && !(idempotent && transportFailure(err)) {
+				return zero, forwardErr(ctx, err)
 			}
 		}
 		select {
@@ -135,6 +138,33 @@ func retryableForward(err error) bool {
 	msg := st.Message()
 	return strings.HasPrefix(msg, notLeaderPrefix) || strings.Contains(msg, "while dialing") ||
 		strings.Contains(msg, "connection refused")
+}
+
+// transportFailure reports whether err is gRPC's own failure (the
+// connection broke) rather than an answer from the peer.
+func transportFailure(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "etcdserver:")
+}
+
+// forwardErr maps a failed forward to the error etcd gives in the same
+// situation. A write whose connection to the leader broke may or may not
+// have applied: etcd reports that as a timeout due to leader failure.
+func forwardErr(ctx context.Context, err error) error {
+	if transportFailure(err) {
+		return rpctypes.ErrGRPCTimeoutDueToLeaderFail
+	}
+	switch status.Code(err) {
+	case codes.DeadlineExceeded:
+		if ctx.Err() != nil {
+			return rpctypes.ErrGRPCTimeout
+		}
+	case codes.Canceled:
+		if ctx.Err() == nil {
+			return rpctypes.ErrGRPCTimeoutDueToLeaderFail
+		}
+	}
+	return err
 }
 
 // requiresLeader reports whether the client asked to fail fast without a
@@ -191,7 +221,7 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 	if req.Serializable {
 		return s.n.readLocal(r, req)
 	}
-	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.RangeResponse, error) {
+	return onLeader(ctx, s, r, true, func(ctx context.Context) (*pb.RangeResponse, error) {
 		if err := r.ReadIndex(ctx); err != nil {
 			return nil, err
 		}
@@ -227,7 +257,7 @@ func (s *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.PutResponse, error) {
+	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.PutResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{Put: data})
 		if err != nil {
 			return nil, err
@@ -254,7 +284,7 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.DeleteRangeResponse, error) {
+	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.DeleteRangeResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{DeleteRange: data})
 		if err != nil {
 			return nil, err
@@ -285,7 +315,7 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 		if txnSerializable(req) {
 			return s.n.txnLocal(r, req)
 		}
-		return onLeader(ctx, s, r, func(ctx context.Context) (*pb.TxnResponse, error) {
+		return onLeader(ctx, s, r, true, func(ctx context.Context) (*pb.TxnResponse, error) {
 			if err := r.ReadIndex(ctx); err != nil {
 				return nil, err
 			}
@@ -296,7 +326,7 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.TxnResponse, error) {
+	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.TxnResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{Txn: data})
 		if err != nil {
 			return nil, err
@@ -350,7 +380,7 @@ func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, func(ctx context.Context) (*pb.CompactionResponse, error) {
+	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.CompactionResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{Compact: &txnproto.CompactCommand{Revision: req.Revision}})
 		if err != nil {
 			return nil, err
@@ -426,4 +456,46 @@ func txnSerializable(req *pb.TxnRequest) bool {
 		}
 	}
 	return true
+}
+
+// rangeStreamChunkKVs and rangeStreamChunkBytes bound one RangeStream
+// message.
+const (
+	rangeStreamChunkKVs   = 1000
+	rangeStreamChunkBytes = 1 << 20
+)
+
+// RangeStream implements etcd 3.7's KV.RangeStream: the result of Range in
+// chunks of disjoint, ordered kvs; header, more and count ride on the last
+// chunk, so merging every chunk yields Range's response.
+func (s *kvServer) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
+	if err := kvstore.ValidateRange(req); err != nil {
+		return err
+	}
+	if err := kvstore.StreamableRange(req); err != nil {
+		return err
+	}
+	resp, err := s.Range(stream.Context(), req)
+	if err != nil {
+		return err
+	}
+	kvs := resp.Kvs
+	for {
+		n, size := 0, 0
+		for n < len(kvs) && n < rangeStreamChunkKVs && (n == 0 || size < rangeStreamChunkBytes) {
+			size += proto.Size(kvs[n])
+			n++
+		}
+		chunk := &pb.RangeResponse{Kvs: kvs[:n]}
+		kvs = kvs[n:]
+		if len(kvs) == 0 {
+			chunk.Header, chunk.More, chunk.Count = resp.Header, resp.More, resp.Count
+		}
+		if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: chunk}); err != nil {
+			return err
+		}
+		if len(kvs) == 0 {
+			return nil
+		}
+	}
 }

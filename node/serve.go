@@ -82,7 +82,9 @@ func (n *Node) serve() error {
 		}
 		n.listeners = append(n.listeners, l)
 		m := cmux.New(l)
-		grpcL := m.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
+		// As etcd on an insecure client URL: every HTTP/2 connection is
+		// gRPC (any content subtype), everything else is HTTP/1.
+		grpcL := m.Match(cmux.HTTP2())
 		httpL := m.Match(cmux.Any())
 		hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		n.httpServers = append(n.httpServers, func() { hsrv.Close() })
@@ -305,7 +307,7 @@ func (n *Node) publishMember() {
 			}
 		}()
 		r := n.metaRange()
-		_, err := onLeader(ctx, s, r, func(ctx context.Context) (*pb.PutResponse, error) {
+		_, err := onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.PutResponse, error) {
 			res, err := r.Propose(ctx, &txnproto.Command{Put: putData})
 			if err != nil {
 				return nil, err

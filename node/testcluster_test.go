@@ -148,6 +148,9 @@ func (m *testMember) id() uint64 {
 type testCluster struct {
 	t       testing.TB
 	members []*testMember
+	// rawStop stops nodes with a bare Node.Stop, without stopNode's
+	// workaround.
+	rawStop bool
 }
 
 // newTestCluster starts an n-node cluster and waits until it has a leader
@@ -208,8 +211,27 @@ func (c *testCluster) stop(m *testMember) {
 	m.n = nil
 	m.mu.Unlock()
 	if n != nil {
-		n.Stop()
+		stopNode(n, !c.rawStop)
 	}
+}
+
+// stopNode stops n. With workaround it first stops n's gRPC servers and
+// gives their in-flight handlers a moment to return before Node.Stop
+// closes the engine.
+//
+// BUG workaround (see TestNodeStopUnderLoad): Node.Stop closes the Pebble
+// engine while gRPC handlers may still be running, because
+// grpc.Server.Stop does not wait for handlers; a raft message or read
+// being handled at that moment panics with "pebble: closed" and takes the
+// whole test binary down. Remove the workaround once Stop waits for its
+// handlers.
+func stopNode(n *Node, workaround bool) {
+	if workaround {
+		n.peerServer.Stop()
+		n.clientServer.Stop()
+		time.Sleep(50 * time.Millisecond)
+	}
+	n.Stop()
 }
 
 // restart starts a stopped member again from its data directory.
@@ -268,25 +290,37 @@ func statusLeader(ctx context.Context, cli *clientv3.Client) uint64 {
 // returns it.
 func (c *testCluster) waitLeader() *testMember {
 	c.t.Helper()
+	running := c.running()
+	clients := make([]*clientv3.Client, len(running))
+	ids := map[uint64]bool{}
+	for i, m := range running {
+		clients[i] = m.client
+		ids[m.id()] = true
+	}
+	return c.memberByID(waitLeaderAmong(c.t, clients, ids))
+}
+
+// waitLeaderAmong polls Maintenance.Status through every client until all
+// name the same leader, one of candidates, and returns its ID.
+func waitLeaderAmong(t testing.TB, clients []*clientv3.Client, candidates map[uint64]bool) uint64 {
+	t.Helper()
 	deadline := time.Now().Add(testWait)
 	for {
 		var lead uint64
 		agree := true
-		for _, m := range c.running() {
-			l := statusLeader(context.Background(), m.client)
+		for _, cli := range clients {
+			l := statusLeader(context.Background(), cli)
 			if l == 0 || (lead != 0 && l != lead) {
 				agree = false
 				break
 			}
 			lead = l
 		}
-		if agree && lead != 0 {
-			if m := c.memberByID(lead); m != nil && m.node() != nil {
-				return m
-			}
+		if agree && candidates[lead] {
+			return lead
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("no agreed leader among running members after %v", testWait)
+			t.Fatalf("no agreed leader among %d nodes after %v", len(clients), testWait)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
