@@ -88,6 +88,9 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Re
 		if nl.LeaderNode != 0 && nl.LeaderNode != s.n.id {
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
+				if !idempotent {
+					waitLocalApply(ctx, r, res)
+				}
 				return res, nil
 			}
 			if !retryableForward(err) && !(idempotent && transportFailure(err)) {
@@ -138,6 +141,19 @@ func retryableForward(err error) bool {
 	msg := st.Message()
 	return strings.HasPrefix(msg, notLeaderPrefix) || strings.Contains(msg, "while dialing") ||
 		strings.Contains(msg, "connection refused")
+}
+
+// waitLocalApply waits, within ctx, until the local replica has applied a
+// forwarded write, so that a serializable read through this node right
+// after sees it: etcd answers a write on the member that received it only
+// after applying it there. If ctx ends first the (already durable) write is
+// acknowledged anyway.
+func waitLocalApply(ctx context.Context, r *rangeraft.Replica, res proto.Message) {
+	h, ok := res.(interface{ GetHeader() *pb.ResponseHeader })
+	if !ok || h.GetHeader() == nil {
+		return
+	}
+	_ = r.Feed().WaitRevision(ctx, h.GetHeader().Revision)
 }
 
 // transportFailure reports whether err is gRPC's own failure (the
