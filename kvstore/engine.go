@@ -53,10 +53,20 @@ func (e *Engine) Close() error { return e.DB.Close() }
 // Dir returns the engine's directory.
 func (e *Engine) Dir() string { return e.dir }
 
-// DiskUsage returns the engine's on-disk size in bytes (sstables and WAL).
+// DiskUsage returns the engine's on-disk size in bytes: sstables, WAL and
+// metadata, live and obsolete (etcd's db size).
 func (e *Engine) DiskUsage() int64 {
 	m := e.DB.Metrics()
-	return int64(m.DiskSpaceUsage())
+	// Pebble's WAL physical size lags the live WAL data until rotation;
+	// count whichever is larger.
+	return int64(m.DiskSpaceUsage() - m.WAL.PhysicalSize + max(m.WAL.PhysicalSize, m.WAL.Size))
+}
+
+// LiveUsage returns the bytes of live sstables and live WAL data (etcd's
+// "db size in use").
+func (e *Engine) LiveUsage() int64 {
+	m := e.DB.Metrics()
+	return int64(m.Table.Local.LiveSize + m.WAL.Size)
 }
 
 type pebbleLogger struct{ s *zap.SugaredLogger }

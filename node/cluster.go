@@ -102,7 +102,7 @@ func (s *maintenanceServer) Status(ctx context.Context, req *pb.StatusRequest) (
 		Version:          APIVersion,
 		StorageVersion:   APIVersion,
 		DbSize:           size,
-		DbSizeInUse:      size,
+		DbSizeInUse:      min(s.n.eng.LiveUsage(), size),
 		Leader:           st.LeaderNode,
 		RaftIndex:        st.CommitIndex,
 		RaftTerm:         st.Term,
