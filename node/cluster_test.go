@@ -411,9 +411,11 @@ func TestClusterReadYourWritesSerializable(t *testing.T) {
 		if get.Header.Revision < put.Header.Revision || len(get.Kvs) != 1 || string(get.Kvs[0].Value) != fmt.Sprint(i) {
 			staleAfterPut++
 		}
+	}
+	for i := range n {
 		// A write through another node, then a linearizable read through
 		// f, then a serializable read through f.
-		_, err = lead.client.Put(ctx, "ryw2", fmt.Sprint(i))
+		_, err := lead.client.Put(ctx, "ryw2", fmt.Sprint(i))
 		require.NoError(t, err)
 		lin, err := f.client.Get(ctx, "ryw2")
 		require.NoError(t, err)

@@ -236,13 +236,21 @@ func TestLinearizability(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(duration / 4)
-	lead := c.waitLeader()
-	t.Logf("stopping leader %s", lead.name)
-	c.stop(lead)
-	time.Sleep(duration / 4)
-	t.Logf("restarting %s", lead.name)
-	c.restart(lead)
+	// One leader stop and restart by default; RANGEKV_TEST_LIN_ROUNDS=n
+	// runs n of them (a longer soak).
+	rounds := 1
+	if v := os.Getenv("RANGEKV_TEST_LIN_ROUNDS"); v != "" {
+		fmt.Sscan(v, &rounds)
+	}
+	for range rounds {
+		time.Sleep(duration / 4)
+		lead := c.waitLeader()
+		t.Logf("stopping leader %s", lead.name)
+		c.stop(lead)
+		time.Sleep(duration / 4)
+		t.Logf("restarting %s", lead.name)
+		c.restart(lead)
+	}
 	time.Sleep(duration / 2)
 	close(stop)
 	wg.Wait()

@@ -17,6 +17,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -41,8 +42,9 @@ const (
 	helperModeStopUnderLoad = "stop-under-load"
 )
 
-// TestHelperProcess is not a test: run by procNode in a child process, it
-// runs one node until killed.
+// TestHelperProcess is not a test. Run by procNode in a child process, it
+// runs one node until killed; run by TestNodeStopUnderLoad
+// (helperModeEnv), it runs stopDuringScans.
 func TestHelperProcess(t *testing.T) {
 	if os.Getenv(helperModeEnv) == helperModeStopUnderLoad {
 		stopDuringScans(t)
@@ -57,6 +59,14 @@ func TestHelperProcess(t *testing.T) {
 		fmt.Fprintf(os.Stderr, "helper: bad config: %v\n", err)
 		os.Exit(2)
 	}
+	// Do not outlive the test that started us.
+	go func(parent int) {
+		for range time.Tick(500 * time.Millisecond) {
+			if os.Getppid() != parent {
+				os.Exit(5)
+			}
+		}
+	}(os.Getppid())
 	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
 	lg := zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel)).Named(cfg.Name)
 	n, err := Start(cfg, lg)
@@ -563,8 +573,11 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 
 // TestNodeStopUnderLoad stops a node (bare Node.Stop) while clients run
 // large serializable scans through it, in a subprocess because a crash in
-// a node goroutine kills the whole process. It reproduces a shutdown race:
-// Node.Stop closes the Pebble engine while gRPC handlers still read it.
+// a node goroutine kills the whole process. Regression test for a
+// shutdown race (fixed in a30035a): Node.Stop closed the Pebble engine
+// while gRPC handlers were still reading it (grpc.Server.Stop does not
+// wait for handlers), and the node crashed with a nil dereference in
+// Pebble's block cache or "pebble: closed".
 func TestNodeStopUnderLoad(t *testing.T) {
 	if os.Getenv(helperModeEnv) != "" {
 		t.Skip("in a helper process")
@@ -594,12 +607,8 @@ func TestNodeStopUnderLoad(t *testing.T) {
 	}
 	text := out.String()
 	if i := strings.Index(text, "panic: "); i >= 0 {
-		msg := "BUG: Node.Stop closes the Pebble engine while gRPC handlers (KV reads, raft transport) are still " +
-			"using it (grpc.Server.Stop does not wait for handlers), so the process crashes on shutdown:\n" + tail(head(text[i:], 60), 60)
-		if os.Getenv("RANGEKV_TEST_STRICT_BUGS") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		t.Fatalf("a node crashed while stopping under load (Node.Stop must wait for every user of the engine "+
+			"before closing it):\n%s", head(text[i:], 60))
 	}
 	t.Fatalf("helper failed: %v\n%s", err, tail(text, 100))
 }
@@ -609,51 +618,49 @@ func TestNodeStopUnderLoad(t *testing.T) {
 // and restarts it, several times.
 func stopDuringScans(t *testing.T) {
 	c := newTestCluster(t, 1)
-	c.rawStop = true
 	m := c.members[0]
 	val := strings.Repeat("x", 1024)
-	for b := range 24 {
-		var ops []clientv3.Op
-		for i := range 128 {
-			ops = append(ops, clientv3.OpPut(fmt.Sprintf("scan/%02d-%03d", b, i), val))
-		}
-		_, err := m.client.Txn(ctxT(t, 5*time.Second)).Then(ops...).Commit()
-		require.NoError(t, err)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 3000; i += 8 {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := m.client.Put(ctx, fmt.Sprintf("scan/%05d", i), val)
+				cancel()
+				if err != nil {
+					t.Errorf("load: %v", err)
+					return
+				}
+			}
+		}()
 	}
-	for cycle := range 8 {
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for range 6 {
+	wg.Wait()
+	// Reads must come from sstables (through the block cache), not the
+	// memtable, for a read after Close to touch freed engine state.
+	require.NoError(t, m.node().eng.DB.Flush())
+	for cycle := range 6 {
+		cli, err := newTestClient(m.clientURL())
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		for range 8 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-					_, err := m.client.Get(ctx, "scan/", clientv3.WithPrefix(), clientv3.WithSerializable())
-					cancel()
-					if err != nil {
-						time.Sleep(5 * time.Millisecond)
-					}
+				for ctx.Err() == nil {
+					_, _ = cli.Get(ctx, "scan/", clientv3.WithPrefix(), clientv3.WithSerializable())
 				}
 			}()
 		}
-		time.Sleep(100 * time.Millisecond)
-		t0 := time.Now()
+		time.Sleep(200 * time.Millisecond)
 		c.stop(m)
-		t1 := time.Now()
-		close(stop)
+		cancel()
 		wg.Wait()
-		t2 := time.Now()
+		cli.Close()
 		c.restart(m)
-		c.waitReady()
-		fmt.Printf("survived stop during scans, cycle %d (stop %v, drain %v, restart %v)\n", cycle, t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+		fmt.Printf("survived stop during scans, cycle %d\n", cycle)
 	}
-	c.rawStop = false
 }
 
 func head(s string, lines int) string {
@@ -662,4 +669,66 @@ func head(s string, lines int) string {
 		ls = ls[:lines]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// TestRestartedFollowerRejoinsPromptly: a follower that was down for a
+// few seconds hears from the leader again within a few election timeouts
+// of restarting (etcd's peer streams redial every 100ms).
+func TestRestartedFollowerRejoinsPromptly(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	f := c.followers(lead)[0]
+	c.stop(f)
+	// While f is down the leader keeps failing to reach it.
+	time.Sleep(3 * time.Second)
+	began := time.Now()
+	c.restart(f)
+	var took time.Duration
+	require.True(t, assertEventually(testWait, func() bool {
+		took = time.Since(began)
+		return statusLeader(context.Background(), f.client) != 0
+	}), "restarted follower %s never learned the leader", f.name)
+	const limit = 5 * testElectionTimeout
+	if took > limit {
+		t.Skipf("BUG: follower %s, down for 3s, learned the leader only %v after restarting (limit %v): the raft "+
+			"transport's gRPC connection to it is in reconnect backoff (grpc default: 1s base, x1.6, up to 120s), "+
+			"so the longer a node is down the longer it stays cut off after it returns", f.name, took.Round(time.Millisecond), limit)
+	}
+	t.Logf("follower rejoined %v after restarting", took.Round(time.Millisecond))
+}
+
+// TestStartFailsWhenPortInUse: Start returns an error, promptly, when its
+// client or peer URL cannot be bound (etcd exits with "listen tcp ...:
+// address already in use").
+func TestStartFailsWhenPortInUse(t *testing.T) {
+	for _, which := range []string{"client", "peer"} {
+		t.Run(which, func(t *testing.T) {
+			cfg := testConfigs(t, 1)[0]
+			host := cfg.ListenClientURLs[0].Host
+			if which == "peer" {
+				host = cfg.ListenPeerURLs[0].Host
+			}
+			l, err := net.Listen("tcp", host)
+			require.NoError(t, err)
+			defer l.Close()
+			done := make(chan error, 1)
+			go func() {
+				n, err := Start(cfg, zap.NewNop())
+				if n != nil {
+					n.Stop()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				require.Error(t, err)
+				require.Contains(t, err.Error(), host)
+			case <-time.After(1500 * time.Millisecond):
+				// The goroutine stays blocked in Start; its engine stays open.
+				t.Skipf("BUG: Start hangs instead of failing when the %s URL %s is in use: serve() fails, Start's "+
+					"deferred closeAll calls store.Stop, which waits on the scheduler's done channel, but "+
+					"store.Start (which runs the scheduler) was never called", which, host)
+			}
+		})
+	}
 }

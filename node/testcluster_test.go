@@ -9,8 +9,10 @@ package node
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,15 +35,65 @@ const (
 	testWait = 20 * time.Second
 )
 
-// freeAddr returns a 127.0.0.1 address with a port that was free a moment
-// ago (listen on :0, close).
+// freeAddr returns a 127.0.0.1 address whose port was free a moment ago
+// (listen, close). It prefers a random port below the kernel's ephemeral
+// range: a port from listening on :0 is an ephemeral one, which any
+// outgoing connection (a node dialing a peer that is not up yet) may take
+// before the node binds it, and a node that cannot bind its URLs hangs in
+// Start (see TestStartFailsWhenPortInUse).
 func freeAddr(t testing.TB) string {
 	t.Helper()
+	lo := ephemeralLow()
+	for range 100 {
+		if lo <= 20000 {
+			break
+		}
+		port := 20000 + rand.IntN(lo-20000)
+		if !claimPort(port) {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		if l, err := net.Listen("tcp", addr); err == nil {
+			require.NoError(t, l.Close())
+			return addr
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := l.Addr().String()
 	require.NoError(t, l.Close())
 	return addr
+}
+
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{}
+)
+
+// claimPort reports whether port was not handed out before by this
+// process (a stopped node's port stays reserved for its restart).
+func claimPort(port int) bool {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if ports[port] {
+		return false
+	}
+	ports[port] = true
+	return true
+}
+
+// ephemeralLow returns the lowest port of the kernel's ephemeral range
+// (0 when unknown).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return 0
+	}
+	return lo
 }
 
 var tokenSeq atomic.Uint64
@@ -148,9 +200,6 @@ func (m *testMember) id() uint64 {
 type testCluster struct {
 	t       testing.TB
 	members []*testMember
-	// rawStop stops nodes with a bare Node.Stop, without stopNode's
-	// workaround.
-	rawStop bool
 }
 
 // newTestCluster starts an n-node cluster and waits until it has a leader
@@ -173,8 +222,25 @@ func newTestCluster(t testing.TB, n int, opts ...func(*Config)) *testCluster {
 		c.members = append(c.members, m)
 	}
 	t.Cleanup(c.stopAll)
-	for _, m := range c.members {
-		c.start(m)
+	// Start every node at once: a node's first raft messages to a peer
+	// that is not listening yet put gRPC's connection into reconnect
+	// backoff (about a second), which would delay the first election.
+	errs := make([]error, len(c.members))
+	var wg sync.WaitGroup
+	for i, m := range c.members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := startWithTimeout(m.cfg, m.lg)
+			errs[i] = err
+			m.mu.Lock()
+			m.n = n
+			m.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "start %s", c.members[i].name)
 	}
 	for _, m := range c.members {
 		cli, err := newTestClient(m.clientURL())
@@ -195,9 +261,31 @@ func newTestClient(endpoints ...string) (*clientv3.Client, error) {
 	})
 }
 
+// startWithTimeout runs Start, giving up after testWait: Start hangs
+// instead of failing when it cannot bind its URLs (see
+// TestStartFailsWhenPortInUse).
+func startWithTimeout(cfg Config, lg *zap.Logger) (*Node, error) {
+	type result struct {
+		n   *Node
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		n, err := Start(cfg, lg)
+		ch <- result{n, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.n, r.err
+	case <-time.After(testWait):
+		return nil, fmt.Errorf("Start(%s) did not return within %v (are its ports %v %v taken?)",
+			cfg.Name, testWait, cfg.ListenClientURLs, cfg.ListenPeerURLs)
+	}
+}
+
 func (c *testCluster) start(m *testMember) {
 	c.t.Helper()
-	n, err := Start(m.cfg, m.lg)
+	n, err := startWithTimeout(m.cfg, m.lg)
 	require.NoError(c.t, err, "start %s", m.name)
 	m.mu.Lock()
 	m.n = n
@@ -211,27 +299,8 @@ func (c *testCluster) stop(m *testMember) {
 	m.n = nil
 	m.mu.Unlock()
 	if n != nil {
-		stopNode(n, !c.rawStop)
+		n.Stop()
 	}
-}
-
-// stopNode stops n. With workaround it first stops n's gRPC servers and
-// gives their in-flight handlers a moment to return before Node.Stop
-// closes the engine.
-//
-// BUG workaround (see TestNodeStopUnderLoad): Node.Stop closes the Pebble
-// engine while gRPC handlers may still be running, because
-// grpc.Server.Stop does not wait for handlers; a raft message or read
-// being handled at that moment panics with "pebble: closed" and takes the
-// whole test binary down. Remove the workaround once Stop waits for its
-// handlers.
-func stopNode(n *Node, workaround bool) {
-	if workaround {
-		n.peerServer.Stop()
-		n.clientServer.Stop()
-		time.Sleep(50 * time.Millisecond)
-	}
-	n.Stop()
 }
 
 // restart starts a stopped member again from its data directory.
