@@ -88,9 +88,7 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Re
 		if nl.LeaderNode != 0 && nl.LeaderNode != s.n.id {
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
-				if !idempotent {
-					waitLocalApply(ctx, r, res)
-				}
+				waitLocalApply(ctx, r, res)
 				return res, nil
 			}
 			if !retryableForward(err) && !(idempotent && transportFailure(err)) {
@@ -143,11 +141,12 @@ func retryableForward(err error) bool {
 		strings.Contains(msg, "connection refused")
 }
 
-// waitLocalApply waits, within ctx, until the local replica has applied a
-// forwarded write, so that a serializable read through this node right
-// after sees it: etcd answers a write on the member that received it only
-// after applying it there. If ctx ends first the (already durable) write is
-// acknowledged anyway.
+// waitLocalApply waits, within ctx, until the local replica has applied
+// through the revision of a forwarded response, so that a serializable
+// read through this node right after sees at least as much: etcd answers a
+// write, and a linearizable read, on the member that received it only once
+// that member has applied that far. If ctx ends first the response is
+// returned anyway (a write is already durable).
 func waitLocalApply(ctx context.Context, r *rangeraft.Replica, res proto.Message) {
 	h, ok := res.(interface{ GetHeader() *pb.ResponseHeader })
 	if !ok || h.GetHeader() == nil {

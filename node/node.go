@@ -294,6 +294,7 @@ func (n *Node) peerConn(nodeID uint64) (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(rangeraft.PeerConnectParams),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes), grpc.MaxCallSendMsgSize(maxResponseBytes)))
 	if err != nil {
 		return nil, err

@@ -690,7 +690,7 @@ func TestRestartedFollowerRejoinsPromptly(t *testing.T) {
 	}), "restarted follower %s never learned the leader", f.name)
 	const limit = 5 * testElectionTimeout
 	if took > limit {
-		t.Skipf("BUG: follower %s, down for 3s, learned the leader only %v after restarting (limit %v): the raft "+
+		t.Fatalf("regression: follower %s, down for 3s, learned the leader only %v after restarting (limit %v): the raft "+
 			"transport's gRPC connection to it is in reconnect backoff (grpc default: 1s base, x1.6, up to 120s), "+
 			"so the longer a node is down the longer it stays cut off after it returns", f.name, took.Round(time.Millisecond), limit)
 	}
@@ -725,7 +725,7 @@ func TestStartFailsWhenPortInUse(t *testing.T) {
 				require.Contains(t, err.Error(), host)
 			case <-time.After(1500 * time.Millisecond):
 				// The goroutine stays blocked in Start; its engine stays open.
-				t.Skipf("BUG: Start hangs instead of failing when the %s URL %s is in use: serve() fails, Start's "+
+				t.Fatalf("regression: Start hangs instead of failing when the %s URL %s is in use: serve() fails, Start's "+
 					"deferred closeAll calls store.Stop, which waits on the scheduler's done channel, but "+
 					"store.Start (which runs the scheduler) was never called", which, host)
 			}

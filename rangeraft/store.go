@@ -64,6 +64,7 @@ type Store struct {
 	workCh chan struct{}
 
 	proposalSeq atomic.Uint64
+	started     atomic.Bool
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
@@ -187,6 +188,7 @@ func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
 
 // Start runs the scheduler and the replicas' compactors.
 func (s *Store) Start() {
+	s.started.Store(true)
 	s.mu.RLock()
 	for _, r := range s.replicas {
 		r.maybeCampaignOnStart()
@@ -212,6 +214,10 @@ func (s *Store) Stop() {
 	case <-s.stopc:
 	default:
 		close(s.stopc)
+	}
+	if !s.started.Load() {
+		s.transport.stop()
+		return
 	}
 	<-s.donec
 	s.transport.stop()

@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -38,6 +39,15 @@ type peer struct {
 	nodeID uint64
 	queue  chan []*txnproto.RaftMessage
 	conn   *grpc.ClientConn
+}
+
+// PeerConnectParams bound gRPC's reconnect backoff between nodes. The
+// default grows to two minutes, which would keep a restarted peer cut off
+// long after it is back; raft wants to reach it within a heartbeat or two
+// (etcd's rafthttp redials every 100ms).
+var PeerConnectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+	MinConnectTimeout: time.Second,
 }
 
 // peerQueueLen bounds the batches queued for one node; beyond it messages
@@ -81,6 +91,7 @@ func (t *Transport) peer(nodeID uint64) (*peer, error) {
 	}
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(PeerConnectParams),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		return nil, err
