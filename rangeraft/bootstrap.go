@@ -89,18 +89,7 @@ func Bootstrap(eng *kvstore.Engine, ident *txnproto.NodeIdent) error {
 	for _, d := range descs {
 		d.Replicas = replicas
 		d.NextReplicaId = uint64(len(replicas) + 1)
-		if err := setProto(b, kvstore.RangeDescriptorKey(d.RangeId), d); err != nil {
-			return err
-		}
-		if err := setProto(b, kvstore.RaftHardStateKey(d.RangeId), &raftpb.HardState{
-			Term: proto.Uint64(initialTerm), Commit: proto.Uint64(initialIndex)}); err != nil {
-			return err
-		}
-		if err := setProto(b, kvstore.RaftTruncatedStateKey(d.RangeId),
-			&txnproto.TruncatedState{Index: initialIndex, Term: initialTerm}); err != nil {
-			return err
-		}
-		if err := setProto(b, kvstore.RangeAppliedStateKey(d.RangeId),
+		if err := writeInitialRangeState(b, d,
 			&txnproto.AppliedState{Index: initialIndex, Term: initialTerm, Revision: BootstrapRevision}); err != nil {
 			return err
 		}
@@ -133,4 +122,23 @@ func putMeta(wb *kvstore.WriteBatch, key []byte, m proto.Message) error {
 	}
 	_, err = kvstore.ApplyPut(wb, &pb.PutRequest{Key: key, Value: data})
 	return err
+}
+
+// writeInitialRangeState stages a new range's descriptor and raft state:
+// an empty log truncated at initialIndex in initialTerm, committed and
+// applied there. Every replica that writes it from the same inputs holds
+// identical state, so raft needs no entries to agree on it.
+func writeInitialRangeState(b *pebble.Batch, d *txnproto.RangeDescriptor, applied *txnproto.AppliedState) error {
+	if err := setProto(b, kvstore.RangeDescriptorKey(d.RangeId), d); err != nil {
+		return err
+	}
+	if err := setProto(b, kvstore.RaftHardStateKey(d.RangeId), &raftpb.HardState{
+		Term: proto.Uint64(initialTerm), Commit: proto.Uint64(initialIndex)}); err != nil {
+		return err
+	}
+	if err := setProto(b, kvstore.RaftTruncatedStateKey(d.RangeId),
+		&txnproto.TruncatedState{Index: initialIndex, Term: initialTerm}); err != nil {
+		return err
+	}
+	return setProto(b, kvstore.RangeAppliedStateKey(d.RangeId), applied)
 }

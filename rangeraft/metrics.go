@@ -7,6 +7,7 @@ import (
 
 type metrics struct {
 	ranges           prometheus.Gauge
+	splits           prometheus.Counter
 	leaderChanges    prometheus.Counter
 	proposalsApplied prometheus.Counter
 	proposalsPending prometheus.Gauge
@@ -21,6 +22,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		ranges: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "rangekv_ranges", Help: "Number of range replicas on this node."}),
+		splits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rangekv_range_splits_total", Help: "Number of range splits applied on this node."}),
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "etcd_server_leader_changes_seen_total", Help: "Number of range leader changes seen."}),
 		proposalsApplied: prometheus.NewCounter(prometheus.CounterOpts{
@@ -42,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "rangekv_raft_messages_dropped_total", Help: "Raft messages dropped because a peer queue was full."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ranges, m.leaderChanges, m.proposalsApplied, m.proposalsPending,
+		reg.MustRegister(m.ranges, m.splits, m.leaderChanges, m.proposalsApplied, m.proposalsPending,
 			m.proposalsFailed, m.walFsync, m.readyLatency, m.readyBatchSize, m.droppedMessages)
 	}
 	return m

@@ -69,8 +69,11 @@ type stagedSnapshot struct {
 type Replica struct {
 	store   *Store
 	RangeID uint64
-	feed    *Feed
-	log     *zap.Logger
+	// startKey is the range's start span key; it never changes (a split
+	// keeps the left-hand start), so it is read without mu.
+	startKey []byte
+	feed     *Feed
+	log      *zap.Logger
 
 	mu            sync.Mutex
 	raw           *raft.RawNode
@@ -355,8 +358,10 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	}
 	r.mu.Lock()
 	applied := proto.Clone(r.st.applied).(*txnproto.AppliedState)
+	desc := proto.Clone(r.desc).(*txnproto.RangeDescriptor)
 	span := kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey}
 	r.mu.Unlock()
+	var splits []*txnproto.RangeDescriptor
 
 	b := r.store.db.NewIndexedBatch()
 	defer b.Close()
@@ -391,7 +396,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		if err := proto.Unmarshal(e.Data, cmd); err != nil {
 			return fmt.Errorf("range %d: corrupt command at index %d: %w", r.RangeID, e.GetIndex(), err)
 		}
-		rev := max(cmd.Timestamp, applied.Revision+1)
+		rev := max(cmd.Timestamp, applied.Revision+1, applied.ClosedRevision+1)
 		res := ApplyResult{Term: e.GetTerm()}
 		wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: r.keyspace, Span: span, CompactRev: applied.CompactRevision}
 		before := b.Count()
@@ -422,6 +427,20 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 				applied.CompactRevision = c
 				compactTo = c
 				res.Response = &pb.CompactionResponse{}
+			}
+		case cmd.Close != nil:
+			applied.ClosedRevision = max(applied.ClosedRevision, cmd.Close.Revision)
+		case cmd.Split != nil:
+			var rhsStats kvstore.Stats
+			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split)
+			if res.Err == nil {
+				desc = cmd.Split.Left
+				span = kvstore.Span{Start: desc.StartKey, End: desc.EndKey}
+				splits = append(splits, cmd.Split.Right)
+				delta.LiveKeys -= rhsStats.LiveKeys
+				delta.LiveBytes -= rhsStats.LiveBytes
+				delta.TotalBytes -= rhsStats.TotalBytes
+				delta.Versions -= rhsStats.Versions
 			}
 		default:
 			res.Err = fmt.Errorf("range %d: empty command at index %d", r.RangeID, e.GetIndex())
@@ -467,6 +486,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	}
 	r.mu.Lock()
 	r.st.applied = applied
+	r.desc = desc
 	if trunc != nil {
 		r.st.truncated = trunc
 	}
@@ -478,6 +498,11 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	}
 	r.releaseReadersLocked()
 	r.mu.Unlock()
+	for _, rhs := range splits {
+		r.store.addReplica(rhs, r.Status().IsLeader)
+		r.log.Info("split range", zap.Uint64("right-range-id", rhs.RangeId),
+			zap.Binary("split-key", rhs.StartKey), zap.Uint64("generation", rhs.Generation))
+	}
 	if compactTo > 0 {
 		// The channel holds one target; replace a queued older one so the
 		// compactor always finds the newest when it is next free.
@@ -496,6 +521,43 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		}
 	}
 	return nil
+}
+
+// ErrDescriptorChanged is the result of a split proposed against a
+// descriptor the range no longer has (another split or a replica change
+// applied first). Retrying re-reads the descriptor.
+var ErrDescriptorChanged = errors.New("rangekv: range descriptor changed; retry the split")
+
+// stageSplit validates a split against the range's current descriptor and
+// stages, in b, the new descriptors and the right-hand range's initial
+// raft state. The right-hand range starts like a bootstrapped one: an
+// empty log truncated at initialIndex in initialTerm, applied there, at
+// the left range's revision. Its MVCC data needs no copy: data is keyed by
+// span key, so it already sits in the right-hand span. It returns the
+// right-hand range's stats.
+func (r *Replica) stageSplit(b *pebble.Batch, cur *txnproto.RangeDescriptor, applied *txnproto.AppliedState,
+	sc *txnproto.SplitCommand) (kvstore.Stats, error) {
+	l, rt := sc.Left, sc.Right
+	if l == nil || rt == nil || l.RangeId != cur.RangeId || l.Generation != cur.Generation+1 ||
+		string(l.StartKey) != string(cur.StartKey) || string(rt.EndKey) != string(cur.EndKey) ||
+		string(l.EndKey) != string(rt.StartKey) ||
+		string(rt.StartKey) <= string(cur.StartKey) || string(rt.StartKey) >= string(cur.EndKey) {
+		return kvstore.Stats{}, ErrDescriptorChanged
+	}
+	if err := setProto(b, kvstore.RangeDescriptorKey(l.RangeId), l); err != nil {
+		return kvstore.Stats{}, err
+	}
+	if err := writeInitialRangeState(b, rt, &txnproto.AppliedState{
+		Index: initialIndex, Term: initialTerm,
+		Revision: applied.Revision, CompactRevision: applied.CompactRevision, ClosedRevision: applied.ClosedRevision,
+	}); err != nil {
+		return kvstore.Stats{}, err
+	}
+	st, err := kvstore.ComputeStats(b, kvstore.Span{Start: rt.StartKey, End: rt.EndKey})
+	if err != nil {
+		return kvstore.Stats{}, err
+	}
+	return st, b.Set(kvstore.RangeStatsKey(rt.RangeId), kvstore.EncodeStats(nil, st), nil)
 }
 
 // maybeTruncateLog stages removal of the log head once more than
@@ -590,4 +652,56 @@ func addStats(dst *kvstore.Stats, d kvstore.Stats) {
 	dst.LiveBytes += d.LiveBytes
 	dst.TotalBytes += d.TotalBytes
 	dst.Versions += d.Versions
+}
+
+// ProposeSplit splits the range at splitKey (a span key strictly inside the
+// range) into itself and a new range rightID on the same replicas, through
+// the range's raft log, and waits until it has applied here. It returns the
+// new descriptors, *NotLeaderError on a follower, ErrDescriptorChanged if
+// the descriptor moved under it, and an error naming the problem when
+// splitKey is not strictly inside the span.
+func (r *Replica) ProposeSplit(ctx context.Context, splitKey []byte, rightID uint64) (left, right *txnproto.RangeDescriptor, err error) {
+	cur := r.Descriptor()
+	if string(splitKey) <= string(cur.StartKey) || string(splitKey) >= string(cur.EndKey) {
+		return nil, nil, fmt.Errorf("%w: %q is a boundary of or outside range %d", ErrBadSplitKey, splitKey, r.RangeID)
+	}
+	left = proto.Clone(cur).(*txnproto.RangeDescriptor)
+	left.EndKey = append([]byte(nil), splitKey...)
+	left.Generation++
+	right = proto.Clone(cur).(*txnproto.RangeDescriptor)
+	right.RangeId = rightID
+	right.StartKey = append([]byte(nil), splitKey...)
+	right.Generation = left.Generation
+	res, err := r.Propose(ctx, &txnproto.Command{Split: &txnproto.SplitCommand{Left: left, Right: right}})
+	if err != nil {
+		return nil, nil, err
+	}
+	if res.Err != nil {
+		return nil, nil, res.Err
+	}
+	return left, right, nil
+}
+
+// ErrBadSplitKey is wrapped by ProposeSplit for a key that cannot split the
+// range (at its start, at or past its end).
+var ErrBadSplitKey = errors.New("rangekv: invalid split key")
+
+// ReadableRevision is the highest revision this replica can serve a read
+// at: every write at or below it has applied here, and the range will
+// never write at or below it again.
+func (r *Replica) ReadableRevision() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return max(r.st.applied.Revision, r.st.applied.ClosedRevision)
+}
+
+// Close promises, through the raft log, that the range never again writes
+// at or below rev, and waits until that has applied here. A multi-range
+// read at rev calls it on every range whose ReadableRevision is below rev.
+func (r *Replica) Close(ctx context.Context, rev int64) error {
+	res, err := r.Propose(ctx, &txnproto.Command{Close: &txnproto.CloseCommand{Revision: rev}})
+	if err != nil {
+		return err
+	}
+	return res.Err
 }

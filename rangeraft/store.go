@@ -8,6 +8,7 @@ package rangeraft
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,10 @@ type Store struct {
 
 	mu       sync.RWMutex
 	replicas map[uint64]*Replica
+	// byStart holds the replicas ordered by start key, for routing. Start
+	// keys never change (a split keeps the left start), so the order only
+	// changes when a replica is added.
+	byStart []*Replica
 
 	workMu sync.Mutex
 	work   map[uint64]struct{}
@@ -111,6 +116,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 		}
 		s.replicas[desc.RangeId] = r
 	}
+	s.rebuildIndexLocked()
 	s.metrics.ranges.Set(float64(len(s.replicas)))
 	return s, nil
 }
@@ -150,6 +156,7 @@ func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
 	r := &Replica{
 		store:         s,
 		RangeID:       desc.RangeId,
+		startKey:      desc.StartKey,
 		log:           s.log.With(zap.Uint64("range-id", desc.RangeId)),
 		st:            st,
 		replicaID:     replicaID,
@@ -245,6 +252,76 @@ func (s *Store) Replicas() []*Replica {
 	s.mu.RUnlock()
 	slices.SortFunc(out, func(a, b *Replica) int { return cmpUint(a.RangeID, b.RangeID) })
 	return out
+}
+
+// addReplica creates the replica of a range whose state was just written
+// to the engine (the right-hand side of a split) and starts it. campaign
+// starts an election at once (the left-hand leader's node does, so the new
+// range gets a leader without waiting for a timeout).
+func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
+	s.mu.Lock()
+	if _, ok := s.replicas[desc.RangeId]; ok {
+		s.mu.Unlock()
+		return
+	}
+	r, err := s.loadReplica(desc)
+	if err != nil {
+		s.mu.Unlock()
+		s.log.Error("loading split range", zap.Uint64("range-id", desc.RangeId), zap.Error(err))
+		return
+	}
+	s.replicas[desc.RangeId] = r
+	s.rebuildIndexLocked()
+	s.metrics.ranges.Set(float64(len(s.replicas)))
+	s.metrics.splits.Inc()
+	s.mu.Unlock()
+	if campaign {
+		r.mu.Lock()
+		_ = r.raw.Campaign()
+		r.mu.Unlock()
+	}
+	if s.started.Load() {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			r.runCompactor(s.stopc)
+		}()
+	}
+	s.enqueue(r.RangeID)
+}
+
+func (s *Store) rebuildIndexLocked() {
+	s.byStart = s.byStart[:0]
+	for _, r := range s.replicas {
+		s.byStart = append(s.byStart, r)
+	}
+	slices.SortFunc(s.byStart, func(a, b *Replica) int {
+		return strings.Compare(string(a.startKey), string(b.startKey))
+	})
+}
+
+// ReplicaForKey returns the local replica whose span holds spanKey, nil if
+// none does.
+func (s *Store) ReplicaForKey(spanKey []byte) *Replica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i, _ := slices.BinarySearchFunc(s.byStart, spanKey, func(r *Replica, k []byte) int {
+		return strings.Compare(string(r.startKey), string(k))
+	})
+	// byStart[i] starts after spanKey, or at it.
+	if i < len(s.byStart) && string(s.byStart[i].startKey) == string(spanKey) {
+		return s.byStart[i]
+	}
+	if i == 0 {
+		return nil
+	}
+	r := s.byStart[i-1]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if string(spanKey) < string(r.desc.EndKey) {
+		return r
+	}
+	return nil
 }
 
 // Transport returns the store's raft transport, for registering its gRPC

@@ -384,8 +384,12 @@ type AppliedState struct {
 	Term            uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
 	Revision        int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	CompactRevision int64                  `protobuf:"varint,4,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// closed_revision is a revision the range promised not to write at or
+	// below (a CloseCommand applied); reads at or below
+	// max(revision, closed_revision) see every write they ever will.
+	ClosedRevision int64 `protobuf:"varint,5,opt,name=closed_revision,json=closedRevision,proto3" json:"closed_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AppliedState) Reset() {
@@ -442,6 +446,13 @@ func (x *AppliedState) GetRevision() int64 {
 func (x *AppliedState) GetCompactRevision() int64 {
 	if x != nil {
 		return x.CompactRevision
+	}
+	return 0
+}
+
+func (x *AppliedState) GetClosedRevision() int64 {
+	if x != nil {
+		return x.ClosedRevision
 	}
 	return 0
 }
@@ -545,6 +556,108 @@ func (x *CompactCommand) GetRevision() int64 {
 	return 0
 }
 
+// SplitCommand splits a range at right.start_key: the range keeps left's
+// span and the right-hand range, with its own raft group on the same
+// replicas, takes right's. It applies only if the range's descriptor is
+// still the one left was derived from (generation left.generation - 1).
+type SplitCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Left          *RangeDescriptor       `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *RangeDescriptor       `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitCommand) Reset() {
+	*x = SplitCommand{}
+	mi := &file_rangekv_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitCommand) ProtoMessage() {}
+
+func (x *SplitCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitCommand.ProtoReflect.Descriptor instead.
+func (*SplitCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SplitCommand) GetLeft() *RangeDescriptor {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitCommand) GetRight() *RangeDescriptor {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
+// CloseCommand promises that the range never again writes at or below
+// revision, so a read at revision on several ranges sees one snapshot.
+type CloseCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseCommand) Reset() {
+	*x = CloseCommand{}
+	mi := &file_rangekv_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseCommand) ProtoMessage() {}
+
+func (x *CloseCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseCommand.ProtoReflect.Descriptor instead.
+func (*CloseCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CloseCommand) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // Command is the payload of a normal raft log entry. Exactly one of the
 // request fields is set; requests are marshaled etcdserverpb messages.
 type Command struct {
@@ -559,13 +672,15 @@ type Command struct {
 	DeleteRange   []byte          `protobuf:"bytes,11,opt,name=delete_range,json=deleteRange,proto3" json:"delete_range,omitempty"`
 	Txn           []byte          `protobuf:"bytes,12,opt,name=txn,proto3" json:"txn,omitempty"`
 	Compact       *CompactCommand `protobuf:"bytes,13,opt,name=compact,proto3" json:"compact,omitempty"`
+	Split         *SplitCommand   `protobuf:"bytes,14,opt,name=split,proto3" json:"split,omitempty"`
+	Close         *CloseCommand   `protobuf:"bytes,15,opt,name=close,proto3" json:"close,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_rangekv_proto_msgTypes[7]
+	mi := &file_rangekv_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +692,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[7]
+	mi := &file_rangekv_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +705,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{7}
+	return file_rangekv_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Command) GetId() uint64 {
@@ -642,6 +757,20 @@ func (x *Command) GetCompact() *CompactCommand {
 	return nil
 }
 
+func (x *Command) GetSplit() *SplitCommand {
+	if x != nil {
+		return x.Split
+	}
+	return nil
+}
+
+func (x *Command) GetClose() *CloseCommand {
+	if x != nil {
+		return x.Close
+	}
+	return nil
+}
+
 // RaftMessage is one raft message (a marshaled raftpb.Message) for a range.
 type RaftMessage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -653,7 +782,7 @@ type RaftMessage struct {
 
 func (x *RaftMessage) Reset() {
 	*x = RaftMessage{}
-	mi := &file_rangekv_proto_msgTypes[8]
+	mi := &file_rangekv_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +794,7 @@ func (x *RaftMessage) String() string {
 func (*RaftMessage) ProtoMessage() {}
 
 func (x *RaftMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[8]
+	mi := &file_rangekv_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +807,7 @@ func (x *RaftMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessage.ProtoReflect.Descriptor instead.
 func (*RaftMessage) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{8}
+	return file_rangekv_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RaftMessage) GetRangeId() uint64 {
@@ -711,7 +840,7 @@ type RaftMessageBatch struct {
 
 func (x *RaftMessageBatch) Reset() {
 	*x = RaftMessageBatch{}
-	mi := &file_rangekv_proto_msgTypes[9]
+	mi := &file_rangekv_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +852,7 @@ func (x *RaftMessageBatch) String() string {
 func (*RaftMessageBatch) ProtoMessage() {}
 
 func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[9]
+	mi := &file_rangekv_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +865,7 @@ func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessageBatch.ProtoReflect.Descriptor instead.
 func (*RaftMessageBatch) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{9}
+	return file_rangekv_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RaftMessageBatch) GetClusterId() uint64 {
@@ -783,7 +912,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_rangekv_proto_msgTypes[10]
+	mi := &file_rangekv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +924,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[10]
+	mi := &file_rangekv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +937,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{10}
+	return file_rangekv_proto_rawDescGZIP(), []int{12}
 }
 
 // KeyValue is one raw engine key and value in a snapshot stream.
@@ -822,7 +951,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_rangekv_proto_msgTypes[11]
+	mi := &file_rangekv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +963,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[11]
+	mi := &file_rangekv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +976,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{11}
+	return file_rangekv_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -886,7 +1015,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1027,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1040,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{12}
+	return file_rangekv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotChunk) GetClusterId() uint64 {
@@ -995,7 +1124,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1136,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1149,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{13}
+	return file_rangekv_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotResponse) GetApplied() bool {
@@ -1035,6 +1164,477 @@ func (x *SnapshotResponse) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+// RangeInfo describes a range for clients and operators, in user keys:
+// [start_key, end_key), an empty end_key meaning the end of the keyspace.
+type RangeInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	StartKey      []byte                 `protobuf:"bytes,2,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
+	EndKey        []byte                 `protobuf:"bytes,3,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	Replicas      []*ReplicaDescriptor   `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	LeaderNodeId  uint64                 `protobuf:"varint,5,opt,name=leader_node_id,json=leaderNodeId,proto3" json:"leader_node_id,omitempty"`
+	Bytes         int64                  `protobuf:"varint,6,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Keys          int64                  `protobuf:"varint,7,opt,name=keys,proto3" json:"keys,omitempty"`
+	Qps           float64                `protobuf:"fixed64,8,opt,name=qps,proto3" json:"qps,omitempty"`
+	Generation    uint64                 `protobuf:"varint,9,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeInfo) Reset() {
+	*x = RangeInfo{}
+	mi := &file_rangekv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeInfo) ProtoMessage() {}
+
+func (x *RangeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
+func (*RangeInfo) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RangeInfo) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetStartKey() []byte {
+	if x != nil {
+		return x.StartKey
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetEndKey() []byte {
+	if x != nil {
+		return x.EndKey
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetReplicas() []*ReplicaDescriptor {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetLeaderNodeId() uint64 {
+	if x != nil {
+		return x.LeaderNodeId
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetQps() float64 {
+	if x != nil {
+		return x.Qps
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type ListRangesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRangesRequest) Reset() {
+	*x = ListRangesRequest{}
+	mi := &file_rangekv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRangesRequest) ProtoMessage() {}
+
+func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
+func (*ListRangesRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{17}
+}
+
+type ListRangesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []*RangeInfo           `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRangesResponse) Reset() {
+	*x = ListRangesResponse{}
+	mi := &file_rangekv_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRangesResponse) ProtoMessage() {}
+
+func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
+func (*ListRangesResponse) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListRangesResponse) GetRanges() []*RangeInfo {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+type RangeForKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeForKeyRequest) Reset() {
+	*x = RangeForKeyRequest{}
+	mi := &file_rangekv_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeForKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeForKeyRequest) ProtoMessage() {}
+
+func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeForKeyRequest.ProtoReflect.Descriptor instead.
+func (*RangeForKeyRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RangeForKeyRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type SplitRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRangeRequest) Reset() {
+	*x = SplitRangeRequest{}
+	mi := &file_rangekv_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRangeRequest) ProtoMessage() {}
+
+func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
+func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SplitRangeRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type SplitRangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Left          *RangeInfo             `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *RangeInfo             `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRangeResponse) Reset() {
+	*x = SplitRangeResponse{}
+	mi := &file_rangekv_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRangeResponse) ProtoMessage() {}
+
+func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
+func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SplitRangeResponse) GetLeft() *RangeInfo {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitRangeResponse) GetRight() *RangeInfo {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_rangekv_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{22}
+}
+
+// NodeInfo is a node with what it carries.
+type NodeInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	Replicas      uint64                 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Leaders       uint64                 `protobuf:"varint,3,opt,name=leaders,proto3" json:"leaders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeInfo) Reset() {
+	*x = NodeInfo{}
+	mi := &file_rangekv_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeInfo) ProtoMessage() {}
+
+func (x *NodeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
+func (*NodeInfo) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *NodeInfo) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+func (x *NodeInfo) GetReplicas() uint64 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetLeaders() uint64 {
+	if x != nil {
+		return x.Leaders
+	}
+	return 0
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_rangekv_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListNodesResponse) GetNodes() []*NodeInfo {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 var File_rangekv_proto protoreflect.FileDescriptor
@@ -1069,17 +1669,23 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12#\n" +
 	"\rcluster_token\x18\x04 \x01(\tR\fclusterToken\x12A\n" +
 	"\x0finitial_members\x18\x05 \x03(\v2\x18.rangekv.txnproto.MemberR\x0einitialMembers\x12%\n" +
-	"\x0eformat_version\x18\x06 \x01(\rR\rformatVersion\"\x7f\n" +
+	"\x0eformat_version\x18\x06 \x01(\rR\rformatVersion\"\xa8\x01\n" +
 	"\fAppliedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12)\n" +
-	"\x10compact_revision\x18\x04 \x01(\x03R\x0fcompactRevision\":\n" +
+	"\x10compact_revision\x18\x04 \x01(\x03R\x0fcompactRevision\x12'\n" +
+	"\x0fclosed_revision\x18\x05 \x01(\x03R\x0eclosedRevision\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\",\n" +
 	"\x0eCompactCommand\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xdf\x01\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"~\n" +
+	"\fSplitCommand\x125\n" +
+	"\x04left\x18\x01 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x04left\x127\n" +
+	"\x05right\x18\x02 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x05right\"*\n" +
+	"\fCloseCommand\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xcb\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\rproposer_node\x18\x02 \x01(\x04R\fproposerNode\x12\x1c\n" +
@@ -1088,7 +1694,9 @@ const file_rangekv_proto_rawDesc = "" +
 	" \x01(\fR\x03put\x12!\n" +
 	"\fdelete_range\x18\v \x01(\fR\vdeleteRange\x12\x10\n" +
 	"\x03txn\x18\f \x01(\fR\x03txn\x12:\n" +
-	"\acompact\x18\r \x01(\v2 .rangekv.txnproto.CompactCommandR\acompact\"B\n" +
+	"\acompact\x18\r \x01(\v2 .rangekv.txnproto.CompactCommandR\acompact\x124\n" +
+	"\x05split\x18\x0e \x01(\v2\x1e.rangekv.txnproto.SplitCommandR\x05split\x124\n" +
+	"\x05close\x18\x0f \x01(\v2\x1e.rangekv.txnproto.CloseCommandR\x05close\"B\n" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"\xc0\x01\n" +
@@ -1121,13 +1729,49 @@ const file_rangekv_proto_rawDesc = "" +
 	" \x01(\bR\x05final\"B\n" +
 	"\x10SnapshotResponse\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error*%\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\x9f\x02\n" +
+	"\tRangeInfo\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1b\n" +
+	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
+	"\aend_key\x18\x03 \x01(\fR\x06endKey\x12?\n" +
+	"\breplicas\x18\x04 \x03(\v2#.rangekv.txnproto.ReplicaDescriptorR\breplicas\x12$\n" +
+	"\x0eleader_node_id\x18\x05 \x01(\x04R\fleaderNodeId\x12\x14\n" +
+	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\x12\x12\n" +
+	"\x04keys\x18\a \x01(\x03R\x04keys\x12\x10\n" +
+	"\x03qps\x18\b \x01(\x01R\x03qps\x12\x1e\n" +
+	"\n" +
+	"generation\x18\t \x01(\x04R\n" +
+	"generation\"\x13\n" +
+	"\x11ListRangesRequest\"I\n" +
+	"\x12ListRangesResponse\x123\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x1b.rangekv.txnproto.RangeInfoR\x06ranges\"&\n" +
+	"\x12RangeForKeyRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\"%\n" +
+	"\x11SplitRangeRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\"x\n" +
+	"\x12SplitRangeResponse\x12/\n" +
+	"\x04left\x18\x01 \x01(\v2\x1b.rangekv.txnproto.RangeInfoR\x04left\x121\n" +
+	"\x05right\x18\x02 \x01(\v2\x1b.rangekv.txnproto.RangeInfoR\x05right\"\x12\n" +
+	"\x10ListNodesRequest\"r\n" +
+	"\bNodeInfo\x120\n" +
+	"\x06member\x18\x01 \x01(\v2\x18.rangekv.txnproto.MemberR\x06member\x12\x1a\n" +
+	"\breplicas\x18\x02 \x01(\x04R\breplicas\x12\x18\n" +
+	"\aleaders\x18\x03 \x01(\x04R\aleaders\"E\n" +
+	"\x11ListNodesResponse\x120\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1a.rangekv.txnproto.NodeInfoR\x05nodes*%\n" +
 	"\vReplicaType\x12\t\n" +
 	"\x05VOTER\x10\x00\x12\v\n" +
 	"\aLEARNER\x10\x012\xb3\x01\n" +
 	"\rRaftTransport\x12O\n" +
 	"\vRaftBatches\x12\".rangekv.txnproto.RaftMessageBatch\x1a\x1a.rangekv.txnproto.BatchAck(\x01\x12Q\n" +
-	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x01B%Z#github.com/rangekv/rangekv/txnprotob\x06proto3"
+	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x012\xe2\x02\n" +
+	"\x06Ranges\x12W\n" +
+	"\n" +
+	"ListRanges\x12#.rangekv.txnproto.ListRangesRequest\x1a$.rangekv.txnproto.ListRangesResponse\x12P\n" +
+	"\vRangeForKey\x12$.rangekv.txnproto.RangeForKeyRequest\x1a\x1b.rangekv.txnproto.RangeInfo\x12W\n" +
+	"\n" +
+	"SplitRange\x12#.rangekv.txnproto.SplitRangeRequest\x1a$.rangekv.txnproto.SplitRangeResponse\x12T\n" +
+	"\tListNodes\x12\".rangekv.txnproto.ListNodesRequest\x1a#.rangekv.txnproto.ListNodesResponseB%Z#github.com/rangekv/rangekv/txnprotob\x06proto3"
 
 var (
 	file_rangekv_proto_rawDescOnce sync.Once
@@ -1142,42 +1786,71 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_rangekv_proto_goTypes = []any{
-	(ReplicaType)(0),          // 0: rangekv.txnproto.ReplicaType
-	(*ReplicaDescriptor)(nil), // 1: rangekv.txnproto.ReplicaDescriptor
-	(*RangeDescriptor)(nil),   // 2: rangekv.txnproto.RangeDescriptor
-	(*Member)(nil),            // 3: rangekv.txnproto.Member
-	(*NodeIdent)(nil),         // 4: rangekv.txnproto.NodeIdent
-	(*AppliedState)(nil),      // 5: rangekv.txnproto.AppliedState
-	(*TruncatedState)(nil),    // 6: rangekv.txnproto.TruncatedState
-	(*CompactCommand)(nil),    // 7: rangekv.txnproto.CompactCommand
-	(*Command)(nil),           // 8: rangekv.txnproto.Command
-	(*RaftMessage)(nil),       // 9: rangekv.txnproto.RaftMessage
-	(*RaftMessageBatch)(nil),  // 10: rangekv.txnproto.RaftMessageBatch
-	(*BatchAck)(nil),          // 11: rangekv.txnproto.BatchAck
-	(*KeyValue)(nil),          // 12: rangekv.txnproto.KeyValue
-	(*SnapshotChunk)(nil),     // 13: rangekv.txnproto.SnapshotChunk
-	(*SnapshotResponse)(nil),  // 14: rangekv.txnproto.SnapshotResponse
+	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
+	(*ReplicaDescriptor)(nil),  // 1: rangekv.txnproto.ReplicaDescriptor
+	(*RangeDescriptor)(nil),    // 2: rangekv.txnproto.RangeDescriptor
+	(*Member)(nil),             // 3: rangekv.txnproto.Member
+	(*NodeIdent)(nil),          // 4: rangekv.txnproto.NodeIdent
+	(*AppliedState)(nil),       // 5: rangekv.txnproto.AppliedState
+	(*TruncatedState)(nil),     // 6: rangekv.txnproto.TruncatedState
+	(*CompactCommand)(nil),     // 7: rangekv.txnproto.CompactCommand
+	(*SplitCommand)(nil),       // 8: rangekv.txnproto.SplitCommand
+	(*CloseCommand)(nil),       // 9: rangekv.txnproto.CloseCommand
+	(*Command)(nil),            // 10: rangekv.txnproto.Command
+	(*RaftMessage)(nil),        // 11: rangekv.txnproto.RaftMessage
+	(*RaftMessageBatch)(nil),   // 12: rangekv.txnproto.RaftMessageBatch
+	(*BatchAck)(nil),           // 13: rangekv.txnproto.BatchAck
+	(*KeyValue)(nil),           // 14: rangekv.txnproto.KeyValue
+	(*SnapshotChunk)(nil),      // 15: rangekv.txnproto.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 16: rangekv.txnproto.SnapshotResponse
+	(*RangeInfo)(nil),          // 17: rangekv.txnproto.RangeInfo
+	(*ListRangesRequest)(nil),  // 18: rangekv.txnproto.ListRangesRequest
+	(*ListRangesResponse)(nil), // 19: rangekv.txnproto.ListRangesResponse
+	(*RangeForKeyRequest)(nil), // 20: rangekv.txnproto.RangeForKeyRequest
+	(*SplitRangeRequest)(nil),  // 21: rangekv.txnproto.SplitRangeRequest
+	(*SplitRangeResponse)(nil), // 22: rangekv.txnproto.SplitRangeResponse
+	(*ListNodesRequest)(nil),   // 23: rangekv.txnproto.ListNodesRequest
+	(*NodeInfo)(nil),           // 24: rangekv.txnproto.NodeInfo
+	(*ListNodesResponse)(nil),  // 25: rangekv.txnproto.ListNodesResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
 	1,  // 1: rangekv.txnproto.RangeDescriptor.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
 	3,  // 2: rangekv.txnproto.NodeIdent.initial_members:type_name -> rangekv.txnproto.Member
-	7,  // 3: rangekv.txnproto.Command.compact:type_name -> rangekv.txnproto.CompactCommand
-	9,  // 4: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
-	5,  // 5: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
-	2,  // 6: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
-	12, // 7: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
-	10, // 8: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	13, // 9: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	11, // 10: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	14, // 11: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	2,  // 3: rangekv.txnproto.SplitCommand.left:type_name -> rangekv.txnproto.RangeDescriptor
+	2,  // 4: rangekv.txnproto.SplitCommand.right:type_name -> rangekv.txnproto.RangeDescriptor
+	7,  // 5: rangekv.txnproto.Command.compact:type_name -> rangekv.txnproto.CompactCommand
+	8,  // 6: rangekv.txnproto.Command.split:type_name -> rangekv.txnproto.SplitCommand
+	9,  // 7: rangekv.txnproto.Command.close:type_name -> rangekv.txnproto.CloseCommand
+	11, // 8: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
+	5,  // 9: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
+	2,  // 10: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
+	14, // 11: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
+	1,  // 12: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	17, // 13: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
+	17, // 14: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
+	17, // 15: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
+	3,  // 16: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
+	24, // 17: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
+	12, // 18: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	15, // 19: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	18, // 20: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	20, // 21: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	21, // 22: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	23, // 23: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	13, // 24: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	16, // 25: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	19, // 26: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	17, // 27: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	22, // 28: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	25, // 29: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -1191,9 +1864,9 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   25,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_rangekv_proto_goTypes,
 		DependencyIndexes: file_rangekv_proto_depIdxs,

@@ -155,3 +155,225 @@ var RaftTransport_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "rangekv.proto",
 }
+
+const (
+	Ranges_ListRanges_FullMethodName  = "/rangekv.txnproto.Ranges/ListRanges"
+	Ranges_RangeForKey_FullMethodName = "/rangekv.txnproto.Ranges/RangeForKey"
+	Ranges_SplitRange_FullMethodName  = "/rangekv.txnproto.Ranges/SplitRange"
+	Ranges_ListNodes_FullMethodName   = "/rangekv.txnproto.Ranges/ListNodes"
+)
+
+// RangesClient is the client API for Ranges service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Ranges is served on the client URLs (and the peer URLs, for forwarding):
+// range descriptors for routing clients and rangekvctl, and manual splits.
+type RangesClient interface {
+	ListRanges(ctx context.Context, in *ListRangesRequest, opts ...grpc.CallOption) (*ListRangesResponse, error)
+	RangeForKey(ctx context.Context, in *RangeForKeyRequest, opts ...grpc.CallOption) (*RangeInfo, error)
+	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+}
+
+type rangesClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewRangesClient(cc grpc.ClientConnInterface) RangesClient {
+	return &rangesClient{cc}
+}
+
+func (c *rangesClient) ListRanges(ctx context.Context, in *ListRangesRequest, opts ...grpc.CallOption) (*ListRangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRangesResponse)
+	err := c.cc.Invoke(ctx, Ranges_ListRanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rangesClient) RangeForKey(ctx context.Context, in *RangeForKeyRequest, opts ...grpc.CallOption) (*RangeInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RangeInfo)
+	err := c.cc.Invoke(ctx, Ranges_RangeForKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rangesClient) SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SplitRangeResponse)
+	err := c.cc.Invoke(ctx, Ranges_SplitRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rangesClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, Ranges_ListNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// RangesServer is the server API for Ranges service.
+// All implementations must embed UnimplementedRangesServer
+// for forward compatibility.
+//
+// Ranges is served on the client URLs (and the peer URLs, for forwarding):
+// range descriptors for routing clients and rangekvctl, and manual splits.
+type RangesServer interface {
+	ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error)
+	RangeForKey(context.Context, *RangeForKeyRequest) (*RangeInfo, error)
+	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	mustEmbedUnimplementedRangesServer()
+}
+
+// UnimplementedRangesServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedRangesServer struct{}
+
+func (UnimplementedRangesServer) ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRanges not implemented")
+}
+func (UnimplementedRangesServer) RangeForKey(context.Context, *RangeForKeyRequest) (*RangeInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method RangeForKey not implemented")
+}
+func (UnimplementedRangesServer) SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SplitRange not implemented")
+}
+func (UnimplementedRangesServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedRangesServer) mustEmbedUnimplementedRangesServer() {}
+func (UnimplementedRangesServer) testEmbeddedByValue()                {}
+
+// UnsafeRangesServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to RangesServer will
+// result in compilation errors.
+type UnsafeRangesServer interface {
+	mustEmbedUnimplementedRangesServer()
+}
+
+func RegisterRangesServer(s grpc.ServiceRegistrar, srv RangesServer) {
+	// If the following call panics, it indicates UnimplementedRangesServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Ranges_ServiceDesc, srv)
+}
+
+func _Ranges_ListRanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RangesServer).ListRanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ranges_ListRanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RangesServer).ListRanges(ctx, req.(*ListRangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ranges_RangeForKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RangeForKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RangesServer).RangeForKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ranges_RangeForKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RangesServer).RangeForKey(ctx, req.(*RangeForKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ranges_SplitRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SplitRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RangesServer).SplitRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ranges_SplitRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RangesServer).SplitRange(ctx, req.(*SplitRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ranges_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RangesServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ranges_ListNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RangesServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Ranges_ServiceDesc is the grpc.ServiceDesc for Ranges service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Ranges_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "rangekv.txnproto.Ranges",
+	HandlerType: (*RangesServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListRanges",
+			Handler:    _Ranges_ListRanges_Handler,
+		},
+		{
+			MethodName: "RangeForKey",
+			Handler:    _Ranges_RangeForKey_Handler,
+		},
+		{
+			MethodName: "SplitRange",
+			Handler:    _Ranges_SplitRange_Handler,
+		},
+		{
+			MethodName: "ListNodes",
+			Handler:    _Ranges_ListNodes_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "rangekv.proto",
+}
