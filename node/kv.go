@@ -9,6 +9,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -27,7 +28,15 @@ const (
 	// notLeaderPrefix starts the message of the Unavailable status a peer
 	// returns when it no longer leads the range; the forwarder retries.
 	notLeaderPrefix = "rangekv: not leader"
+	// staleRangePrefix starts the message of the Unavailable status a peer
+	// returns when the range it was asked to use no longer holds the
+	// request's keys (a split raced the request); the forwarder re-routes.
+	staleRangePrefix = "rangekv: stale range"
 )
+
+// errStaleRange: a request reached a replica whose span no longer holds
+// its keys. Retried after routing again; never returned to clients.
+var errStaleRange = errors.New(staleRangePrefix)
 
 // kvServer implements etcd's KV service. On the client URLs it routes each
 // request to its range's leader; on the peer URLs (peer=true) it serves
@@ -43,49 +52,62 @@ func (n *Node) header(rev int64, term uint64) *pb.ResponseHeader {
 	return &pb.ResponseHeader{ClusterId: n.ident.ClusterId, MemberId: n.id, Revision: rev, RaftTerm: term}
 }
 
-// target resolves the replica a request runs on: the forwarded range on
-// the peer server, else the range holding key.
-func (s *kvServer) target(ctx context.Context, key []byte) (*rangeraft.Replica, error) {
-	if s.peer {
-		md, _ := metadata.FromIncomingContext(ctx)
-		v := md.Get(mdForwardedRange)
-		if len(v) != 1 {
-			return nil, status.Error(codes.InvalidArgument, "rangekv: peer KV request without range")
+// route returns the resolver of the replica a request on [key, end) runs
+// on: the forwarded range on the peer server, else the local range holding
+// key (resolved afresh on every call, so a retry after a split finds the
+// new range). Requests spanning ranges are handled before this.
+func (s *kvServer) route(ctx context.Context, key []byte) func() (*rangeraft.Replica, error) {
+	return func() (*rangeraft.Replica, error) {
+		if s.peer {
+			md, _ := metadata.FromIncomingContext(ctx)
+			v := md.Get(mdForwardedRange)
+			if len(v) != 1 {
+				return nil, status.Error(codes.InvalidArgument, "rangekv: peer KV request without range")
+			}
+			id, err := strconv.ParseUint(v[0], 10, 64)
+			if err != nil {
+				return nil, status.Error(codes.InvalidArgument, "rangekv: malformed range id")
+			}
+			r := s.n.store.Replica(id)
+			if r == nil {
+				return nil, status.Errorf(codes.Unavailable, "%s: no replica of range %d", notLeaderPrefix, id)
+			}
+			return r, nil
 		}
-		id, err := strconv.ParseUint(v[0], 10, 64)
-		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, "rangekv: malformed range id")
-		}
-		r := s.n.store.Replica(id)
-		if r == nil {
-			return nil, status.Errorf(codes.Unavailable, "%s: no replica of range %d", notLeaderPrefix, id)
-		}
-		return r, nil
+		return s.n.userRange(key)
 	}
-	return s.n.userRange(key)
 }
 
-// onLeader runs local on r when this node leads r's range, and otherwise
-// forwards with remote to the leader, retrying while leadership is in
-// flux until ctx ends. Only errors that prove the request did not execute
-// are retried, so a write is never applied twice by a retry.
-func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Replica, idempotent bool,
-	local func(context.Context) (T, error),
-	remote func(context.Context, pb.KVClient) (T, error)) (T, error) {
+// onLeader runs local on the replica resolve returns when this node leads
+// its range, and otherwise forwards with remote to the leader, retrying
+// while leadership is in flux or a split moved the keys (the range is
+// resolved again) until ctx ends. Only errors that prove the request did
+// not execute are retried, so a write is never applied twice by a retry.
+func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() (*rangeraft.Replica, error), idempotent bool,
+	local func(context.Context, *rangeraft.Replica) (T, error),
+	remote func(context.Context, grpc.ClientConnInterface) (T, error)) (T, error) {
 	var zero T
 	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
 	defer cancel()
-	backoff := 5 * time.Millisecond
+	backoff := time.Millisecond
 	for {
-		res, err := local(ctx)
+		r, err := resolve()
+		if err != nil {
+			return zero, err
+		}
+		res, err := local(ctx, r)
 		var nl *rangeraft.NotLeaderError
-		if !errors.As(err, &nl) {
+		stale := errors.Is(err, kvstore.ErrKeyOutsideSpan) || errors.Is(err, errStaleRange)
+		switch {
+		case stale && s.peer:
+			return zero, status.Errorf(codes.Unavailable, "%s: range %d no longer holds the keys", staleRangePrefix, r.RangeID)
+		case stale:
+			// A split moved the keys: resolve again.
+		case !errors.As(err, &nl):
 			return res, translateErr(ctx, err)
-		}
-		if s.peer {
+		case s.peer:
 			return zero, status.Errorf(codes.Unavailable, "%s of range %d", notLeaderPrefix, r.RangeID)
-		}
-		if nl.LeaderNode != 0 && nl.LeaderNode != s.n.id {
+		case nl.LeaderNode != 0 && nl.LeaderNode != s.n.id:
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
 				waitLocalApply(ctx, r, res)
@@ -97,7 +119,7 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Re
 		}
 		select {
 		case <-ctx.Done():
-			if requiresLeader(ctx) || nl.LeaderNode == 0 {
+			if requiresLeader(ctx) || nl == nil || nl.LeaderNode == 0 {
 				return zero, rpctypes.ErrGRPCNoLeader
 			}
 			return zero, rpctypes.ErrGRPCTimeout
@@ -111,14 +133,14 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, r *rangeraft.Re
 // the range it must run on. The response header's member ID is this
 // node's, as etcd reports the member the client talked to.
 func forward[T proto.Message](ctx context.Context, n *Node, rangeID, node uint64,
-	call func(context.Context, pb.KVClient) (T, error)) (T, error) {
+	call func(context.Context, grpc.ClientConnInterface) (T, error)) (T, error) {
 	var zero T
 	conn, err := n.peerConn(node)
 	if err != nil {
 		return zero, status.Errorf(codes.Unavailable, "%s: cannot reach node %x: %v", notLeaderPrefix, node, err)
 	}
 	fctx := metadata.AppendToOutgoingContext(ctx, mdForwardedRange, strconv.FormatUint(rangeID, 10))
-	res, err := call(fctx, pb.NewKVClient(conn))
+	res, err := call(fctx, conn)
 	if err != nil {
 		return zero, err
 	}
@@ -137,7 +159,8 @@ func retryableForward(err error) bool {
 		return false
 	}
 	msg := st.Message()
-	return strings.HasPrefix(msg, notLeaderPrefix) || strings.Contains(msg, "while dialing") ||
+	return strings.HasPrefix(msg, notLeaderPrefix) || strings.HasPrefix(msg, staleRangePrefix) ||
+		strings.Contains(msg, "while dialing") ||
 		strings.Contains(msg, "connection refused")
 }
 
@@ -221,33 +244,53 @@ func (s *kvServer) checkSize(m proto.Message) error {
 
 // propose replicates one etcd write on r and returns the applier's result.
 func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
+	r.RecordRequest()
 	return r.Propose(ctx, cmd)
 }
 
-// Range implements etcd's KV.Range.
+// Range implements etcd's KV.Range. A range request over keys of several
+// ranges reads every one of them at one revision (multiRange).
 func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := kvstore.ValidateRange(req); err != nil {
 		return nil, err
 	}
-	r, err := s.target(ctx, req.Key)
-	if err != nil {
-		return nil, err
+	if !s.peer {
+		rs, err := s.n.spanRanges(userSpan(req.Key, req.RangeEnd))
+		if err != nil {
+			return nil, err
+		}
+		if len(rs) > 1 {
+			return s.multiRange(ctx, req)
+		}
 	}
+	route := s.route(ctx, req.Key)
 	if req.Serializable {
+		r, err := route()
+		if err != nil {
+			return nil, err
+		}
 		return s.n.readLocal(r, req)
 	}
-	return onLeader(ctx, s, r, true, func(ctx context.Context) (*pb.RangeResponse, error) {
+	return onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
 		if err := r.ReadIndex(ctx); err != nil {
 			return nil, err
 		}
 		return s.n.readLocal(r, req)
-	}, func(ctx context.Context, c pb.KVClient) (*pb.RangeResponse, error) { return c.Range(ctx, req) })
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
+		return pb.NewKVClient(cc).Range(ctx, req)
+	})
 }
 
 // readLocal serves a Range from the local replica's applied state.
 func (n *Node) readLocal(r *rangeraft.Replica, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	r.RecordRequest()
 	view := r.NewReadView()
 	defer view.Close()
+	if r.Keyspace() == kvstore.UserKeys {
+		if start, end := userSpan(req.Key, req.RangeEnd); !inSpan(view.Span, start, end) {
+			return nil, errStaleRange
+		}
+	}
 	resp, err := kvstore.ExecRange(view.Reader, r.Keyspace(), view.Span, req, view.Revision, view.CompactRevision)
 	if err != nil {
 		return nil, err
@@ -264,15 +307,12 @@ func (s *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 	if err := s.checkSize(req); err != nil {
 		return nil, err
 	}
-	r, err := s.target(ctx, req.Key)
-	if err != nil {
-		return nil, err
-	}
+	route := s.route(ctx, req.Key)
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.PutResponse, error) {
+	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.PutResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{Put: data})
 		if err != nil {
 			return nil, err
@@ -280,7 +320,9 @@ func (s *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 		resp := res.Response.(*pb.PutResponse)
 		resp.Header = s.n.header(res.Revision, res.Term)
 		return resp, nil
-	}, func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) { return c.Put(ctx, req) })
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.PutResponse, error) {
+		return pb.NewKVClient(cc).Put(ctx, req)
+	})
 }
 
 // DeleteRange implements etcd's KV.DeleteRange.
@@ -291,15 +333,15 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 	if err := s.checkSize(req); err != nil {
 		return nil, err
 	}
-	r, err := s.target(ctx, req.Key)
-	if err != nil {
+	if err := s.singleRange(func(add func(start, end []byte)) { add(userSpan(req.Key, req.RangeEnd)) }); err != nil {
 		return nil, err
 	}
+	route := s.route(ctx, req.Key)
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.DeleteRangeResponse, error) {
+	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.DeleteRangeResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{DeleteRange: data})
 		if err != nil {
 			return nil, err
@@ -307,8 +349,8 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 		resp := res.Response.(*pb.DeleteRangeResponse)
 		resp.Header = s.n.header(res.Revision, res.Term)
 		return resp, nil
-	}, func(ctx context.Context, c pb.KVClient) (*pb.DeleteRangeResponse, error) {
-		return c.DeleteRange(ctx, req)
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.DeleteRangeResponse, error) {
+		return pb.NewKVClient(cc).DeleteRange(ctx, req)
 	})
 }
 
@@ -322,26 +364,32 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	if err := s.checkSize(req); err != nil {
 		return nil, err
 	}
-	r, err := s.target(ctx, txnFirstKey(req))
-	if err != nil {
+	if err := s.singleRange(func(add func(start, end []byte)) { txnSpans(req, add) }); err != nil {
 		return nil, err
 	}
+	route := s.route(ctx, txnFirstKey(req))
 	if txnReadOnly(req) {
 		if txnSerializable(req) {
+			r, err := route()
+			if err != nil {
+				return nil, err
+			}
 			return s.n.txnLocal(r, req)
 		}
-		return onLeader(ctx, s, r, true, func(ctx context.Context) (*pb.TxnResponse, error) {
+		return onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
 			if err := r.ReadIndex(ctx); err != nil {
 				return nil, err
 			}
 			return s.n.txnLocal(r, req)
-		}, func(ctx context.Context, c pb.KVClient) (*pb.TxnResponse, error) { return c.Txn(ctx, req) })
+		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
+			return pb.NewKVClient(cc).Txn(ctx, req)
+		})
 	}
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.TxnResponse, error) {
+	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{Txn: data})
 		if err != nil {
 			return nil, err
@@ -350,7 +398,9 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 		resp.Header = s.n.header(res.Revision, res.Term)
 		fillTxnHeaders(resp, resp.Header)
 		return resp, nil
-	}, func(ctx context.Context, c pb.KVClient) (*pb.TxnResponse, error) { return c.Txn(ctx, req) })
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
+		return pb.NewKVClient(cc).Txn(ctx, req)
+	})
 }
 
 // txnLocal evaluates a read-only txn against the local replica's applied
@@ -358,6 +408,11 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 func (n *Node) txnLocal(r *rangeraft.Replica, req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	view := r.NewReadView()
 	defer view.Close()
+	ok := true
+	txnSpans(req, func(start, end []byte) { ok = ok && inSpan(view.Span, start, end) })
+	if !ok {
+		return nil, errStaleRange
+	}
 	b := n.eng.DB.NewIndexedBatch()
 	defer b.Close()
 	wb := &kvstore.WriteBatch{Batch: b, Rev: view.Revision, Keyspace: r.Keyspace(), Span: view.Span, CompactRev: view.CompactRevision}
@@ -387,15 +442,60 @@ func fillTxnHeaders(resp *pb.TxnResponse, h *pb.ResponseHeader) {
 	}
 }
 
-// Compact implements etcd's KV.Compact: the compaction goes through the
-// range's raft log so every replica compacts at the same revision; with
-// physical set the call returns after this node removed the old versions.
+// Compact implements etcd's KV.Compact on every user range: each compaction
+// goes through its range's raft log so every replica compacts at the same
+// revision; with physical set the call returns after this node removed the
+// old versions. A range whose newest revision is below the compaction
+// revision first closes it, so the compaction is never "in the future" for
+// an idle range.
 func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	r, err := s.target(ctx, nil)
+	if s.peer {
+		return s.compactRange(ctx, s.route(ctx, nil), req)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
+	defer cancel()
+	rs, err := s.n.spanRanges(kvstore.UserSpanStart, kvstore.UserSpanEnd)
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.CompactionResponse, error) {
+	// etcd's checks against the whole store: the newest revision any range
+	// has applied, and the compacted revision.
+	var newest, compacted int64
+	for _, r := range rs {
+		st := r.Status()
+		newest, compacted = max(newest, st.Revision), max(compacted, st.CompactRevision)
+	}
+	if req.Revision <= compacted {
+		return nil, rpctypes.ErrGRPCCompacted
+	}
+	if req.Revision > newest {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
+	if _, err := s.n.closeAcross(ctx, rs, req.Revision); err != nil {
+		return nil, translateErr(ctx, err)
+	}
+	var resp *pb.CompactionResponse
+	for _, r := range rs {
+		id := r.RangeID
+		resp, err = s.compactRange(ctx, func() (*rangeraft.Replica, error) {
+			if r := s.n.store.Replica(id); r != nil {
+				return r, nil
+			}
+			return nil, errStaleRange
+		}, req)
+		if err != nil && !errors.Is(err, rpctypes.ErrGRPCCompacted) {
+			return nil, err
+		}
+	}
+	if resp == nil {
+		resp = &pb.CompactionResponse{}
+	}
+	resp.Header = s.n.userHeader()
+	return resp, nil
+}
+
+func (s *kvServer) compactRange(ctx context.Context, route func() (*rangeraft.Replica, error), req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.CompactionResponse, error) {
 		res, err := s.propose(ctx, r, &txnproto.Command{Compact: &txnproto.CompactCommand{Revision: req.Revision}})
 		if err != nil {
 			return nil, err
@@ -408,7 +508,9 @@ func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 		resp := res.Response.(*pb.CompactionResponse)
 		resp.Header = s.n.header(res.Revision, res.Term)
 		return resp, nil
-	}, func(ctx context.Context, c pb.KVClient) (*pb.CompactionResponse, error) { return c.Compact(ctx, req) })
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.CompactionResponse, error) {
+		return pb.NewKVClient(cc).Compact(ctx, req)
+	})
 }
 
 func txnFirstKey(req *pb.TxnRequest) []byte {
@@ -513,4 +615,22 @@ func (s *kvServer) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamSer
 			return nil
 		}
 	}
+}
+
+// mdSplitRangeID carries the right-hand range ID of a forwarded split (the
+// forwarding node allocates it).
+const mdSplitRangeID = "rangekv-split-range-id"
+
+func withForwardedSplitID(ctx context.Context, id uint64) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, mdSplitRangeID, strconv.FormatUint(id, 10))
+}
+
+func forwardedSplitID(ctx context.Context) uint64 {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(mdSplitRangeID)
+	if len(v) != 1 {
+		return 0
+	}
+	id, _ := strconv.ParseUint(v[0], 10, 64)
+	return id
 }

@@ -19,7 +19,9 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/hlc"
@@ -306,17 +308,12 @@ func (n *Node) peerConn(nodeID uint64) (*grpc.ClientConn, error) {
 // maxResponseBytes bounds responses (etcd allows math.MaxInt32 on receive).
 const maxResponseBytes = 1<<31 - 1
 
-// userRange returns the local replica holding user key (a span lookup; one
-// user range until splits land).
+// userRange returns the local replica holding user key.
 func (n *Node) userRange(key []byte) (*rangeraft.Replica, error) {
-	sk := kvstore.UserSpanKey(key)
-	for _, r := range n.store.Replicas() {
-		d := r.Descriptor()
-		if string(sk) >= string(d.StartKey) && string(sk) < string(d.EndKey) {
-			return r, nil
-		}
+	if r := n.store.ReplicaForKey(kvstore.UserSpanKey(key)); r != nil {
+		return r, nil
 	}
-	return nil, fmt.Errorf("no range holds key %q", key)
+	return nil, status.Errorf(codes.Unavailable, "rangekv: no range holds key %q", key)
 }
 
 func (n *Node) metaRange() *rangeraft.Replica { return n.store.Replica(rangeraft.MetaRangeID) }

@@ -43,6 +43,7 @@ func (n *Node) serve() error {
 	)
 	n.store.Transport().Register(n.peerServer)
 	pb.RegisterKVServer(n.peerServer, &kvServer{n: n, peer: true})
+	txnproto.RegisterRangesServer(n.peerServer, &rangesServer{n: n, peer: true})
 	for _, u := range n.cfg.ListenPeerURLs {
 		l, err := net.Listen("tcp", u.Host)
 		if err != nil {
@@ -66,6 +67,7 @@ func (n *Node) serve() error {
 	pb.RegisterKVServer(n.clientServer, &kvServer{n: n})
 	pb.RegisterWatchServer(n.clientServer, newWatchServer(n))
 	pb.RegisterClusterServer(n.clientServer, &clusterServer{n: n})
+	txnproto.RegisterRangesServer(n.clientServer, &rangesServer{n: n})
 	pb.RegisterMaintenanceServer(n.clientServer, &maintenanceServer{n: n})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(n.clientServer, hs)
@@ -306,14 +308,16 @@ func (n *Node) publishMember() {
 			case <-ctx.Done():
 			}
 		}()
-		r := n.metaRange()
-		_, err := onLeader(ctx, s, r, false, func(ctx context.Context) (*pb.PutResponse, error) {
+		meta := func() (*rangeraft.Replica, error) { return n.metaRange(), nil }
+		_, err := onLeader(ctx, s, meta, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.PutResponse, error) {
 			res, err := r.Propose(ctx, &txnproto.Command{Put: putData})
 			if err != nil {
 				return nil, err
 			}
 			return res.Response.(*pb.PutResponse), nil
-		}, func(ctx context.Context, c pb.KVClient) (*pb.PutResponse, error) { return c.Put(ctx, req) })
+		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.PutResponse, error) {
+			return pb.NewKVClient(cc).Put(ctx, req)
+		})
 		cancel()
 		if err != nil {
 			n.log.Debug("publishing member failed; retrying", zap.Error(err))

@@ -60,11 +60,11 @@ type watcher struct {
 	noPut, noDel   bool
 	fragment       bool
 	progressNotify bool
-	r              *rangeraft.Replica
 	cancelc        chan struct{}
 
 	mu   sync.Mutex
-	next int64 // every event below next has been queued for the client
+	next int64              // every event below next has been queued for the client
+	r    *rangeraft.Replica // the range holding the keys; written by run under mu
 }
 
 // Watch implements etcd's Watch stream.
@@ -168,13 +168,8 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 	default:
 		end = c.RangeEnd
 	}
-	r, err := ws.n.userRange(key)
-	if err != nil {
-		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: c.WatchId, Created: true, Canceled: true, CancelReason: err.Error()})
-		return
-	}
 	w := &watcher{
-		ws: ws, key: key, end: end, r: r,
+		ws: ws, key: key, end: end,
 		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,
 		cancelc: make(chan struct{}),
 	}
@@ -192,6 +187,12 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 		spanEnd = append(bytes.Clone(start), 0)
 	}
 	w.span = kvstore.Span{Start: start, End: spanEnd}
+	r, err := w.resolve()
+	if err != nil {
+		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: c.WatchId, Created: true, Canceled: true, CancelReason: err.Error()})
+		return
+	}
+	w.r = r
 
 	ws.mu.Lock()
 	if ws.watchers == nil {
@@ -218,7 +219,9 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 	}
 	w.id = id
 	st := r.Status()
-	current := r.Feed().Last()
+	// "Now" is the newest revision the range can serve: its last write or
+	// a later revision it closed (a multi-range read or a compaction).
+	current := r.ReadableRevision()
 	w.next = c.StartRevision
 	if w.next <= 0 {
 		w.next = current + 1
@@ -265,8 +268,21 @@ func (ws *watchStream) remove(id int64) {
 // ends.
 func (w *watcher) run() {
 	defer w.ws.wg.Done()
-	feed := w.r.Feed()
 	for {
+		if !w.r.Covers(w.span.Start, w.span.End) {
+			// The range split: follow the keys to their range, catching up
+			// from its history.
+			r, err := w.resolve()
+			if err != nil {
+				w.ws.remove(w.id)
+				w.ws.send(&pb.WatchResponse{Header: w.ws.header(0), WatchId: w.id, Canceled: true, CancelReason: err.Error()})
+				return
+			}
+			w.mu.Lock()
+			w.r = r
+			w.mu.Unlock()
+		}
+		feed := w.r.Feed()
 		w.mu.Lock()
 		next := w.next
 		w.mu.Unlock()
@@ -322,6 +338,22 @@ func (w *watcher) catchUpFromEngine(from, to int64) bool {
 		return false
 	}
 	return w.deliver(evs, to)
+}
+
+// errMultiRangeWatch cancels a watch whose keys span several ranges: merging
+// range feeds in one revision order needs closed timestamps (docs/watch.md).
+var errMultiRangeWatch = errors.New("rangekv: watching keys of several ranges is not supported yet")
+
+// resolve finds the single range holding the watcher's keys.
+func (w *watcher) resolve() (*rangeraft.Replica, error) {
+	rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) > 1 {
+		return nil, errMultiRangeWatch
+	}
+	return rs[0], nil
 }
 
 func intersect(a, b kvstore.Span) kvstore.Span {
@@ -410,9 +442,9 @@ func (w *watcher) responses(evs []*mvccpb.Event, covered int64) []*pb.WatchRespo
 // synced reports whether the watcher has been given every published event
 // and returns the revision through which it has.
 func (w *watcher) synced() (int64, bool) {
-	last := w.r.Feed().Last()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	last := w.r.Feed().Last()
 	return w.next - 1, w.next > last
 }
 

@@ -125,3 +125,13 @@ func (f *Feed) WaitRevision(ctx context.Context, rev int64) error {
 		}
 	}
 }
+
+// Poke wakes every waiting reader without publishing: the range's span
+// changed (a split), and watchers must check whether they still belong
+// here.
+func (f *Feed) Poke() {
+	f.mu.Lock()
+	close(f.notify)
+	f.notify = make(chan struct{})
+	f.mu.Unlock()
+}

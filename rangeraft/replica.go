@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -93,7 +95,13 @@ type Replica struct {
 	physicalDone  int64         // newest revision physically compacted
 	compactCond   chan struct{} // closed and replaced when physicalDone moves
 	compactTarget chan int64
-	destroyed     bool
+	// appliedc is closed and replaced after every apply batch.
+	appliedc chan struct{}
+
+	// requests counts requests served by this replica; qps is their rate
+	// over the last qpsWindow, refreshed by the store (float64 bits).
+	requests atomic.Int64
+	qps      atomic.Uint64
 }
 
 // Descriptor returns a copy of the replica's range descriptor.
@@ -421,7 +429,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 			switch {
 			case c <= applied.CompactRevision:
 				res.Err = rpctypes.ErrGRPCCompacted
-			case c > applied.Revision:
+			case c > max(applied.Revision, applied.ClosedRevision):
 				res.Err = rpctypes.ErrGRPCFutureRev
 			default:
 				applied.CompactRevision = c
@@ -487,6 +495,8 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	r.mu.Lock()
 	r.st.applied = applied
 	r.desc = desc
+	close(r.appliedc)
+	r.appliedc = make(chan struct{})
 	if trunc != nil {
 		r.st.truncated = trunc
 	}
@@ -498,6 +508,9 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	}
 	r.releaseReadersLocked()
 	r.mu.Unlock()
+	if len(splits) > 0 {
+		r.feed.Poke()
+	}
 	for _, rhs := range splits {
 		r.store.addReplica(rhs, r.Status().IsLeader)
 		r.log.Info("split range", zap.Uint64("right-range-id", rhs.RangeId),
@@ -705,3 +718,37 @@ func (r *Replica) Close(ctx context.Context, rev int64) error {
 	}
 	return res.Err
 }
+
+// WaitReadable blocks until ReadableRevision reaches rev or ctx ends.
+func (r *Replica) WaitReadable(ctx context.Context, rev int64) error {
+	for {
+		r.mu.Lock()
+		readable := max(r.st.applied.Revision, r.st.applied.ClosedRevision)
+		ch := r.appliedc
+		r.mu.Unlock()
+		if readable >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Covers reports whether the range's span contains [start, end) (span
+// keys).
+func (r *Replica) Covers(start, end []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return string(start) >= string(r.desc.StartKey) && string(end) <= string(r.desc.EndKey)
+}
+
+// RecordRequest counts one request served by this replica, for load-based
+// split decisions and `rangekvctl range list`.
+func (r *Replica) RecordRequest() { r.requests.Add(1) }
+
+// QPS returns the replica's request rate, requests per second, averaged
+// over the last qpsWindow.
+func (r *Replica) QPS() float64 { return math.Float64frombits(r.qps.Load()) }

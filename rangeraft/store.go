@@ -7,6 +7,7 @@ package rangeraft
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -167,6 +168,7 @@ func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
 		inflightReads: map[string][]*readWaiter{},
 		compactCond:   make(chan struct{}),
 		compactTarget: make(chan int64, 1),
+		appliedc:      make(chan struct{}),
 		feed:          NewFeed(st.applied.Revision, s.cfg.FeedEvents),
 		physicalDone:  st.applied.CompactRevision,
 	}
@@ -212,6 +214,41 @@ func (s *Store) Start() {
 	}
 	s.mu.RUnlock()
 	go s.run()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.measureLoad()
+	}()
+}
+
+// qpsWindow is the span over which QPS averages requests.
+const qpsWindow = 10 * time.Second
+
+// measureLoad samples every replica's request counter once a second and
+// keeps its rate over the last qpsWindow.
+func (s *Store) measureLoad() {
+	const slots = int(qpsWindow / time.Second)
+	hist := map[uint64][]int64{}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-t.C:
+		}
+		for _, r := range s.Replicas() {
+			h := append(hist[r.RangeID], r.requests.Load())
+			if len(h) > slots+1 {
+				h = h[len(h)-slots-1:]
+			}
+			hist[r.RangeID] = h
+			if len(h) > 1 {
+				rate := float64(h[len(h)-1]-h[0]) / float64(len(h)-1)
+				r.qps.Store(math.Float64bits(rate))
+			}
+		}
+	}
 }
 
 // Stop stops the scheduler and the transport. In-flight proposals fail

@@ -1637,6 +1637,102 @@ func (x *ListNodesResponse) GetNodes() []*NodeInfo {
 	return nil
 }
 
+type CloseRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseRangeRequest) Reset() {
+	*x = CloseRangeRequest{}
+	mi := &file_rangekv_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseRangeRequest) ProtoMessage() {}
+
+func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseRangeRequest.ProtoReflect.Descriptor instead.
+func (*CloseRangeRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CloseRangeRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *CloseRangeRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type CloseRangeResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	ReadableRevision int64                  `protobuf:"varint,1,opt,name=readable_revision,json=readableRevision,proto3" json:"readable_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *CloseRangeResponse) Reset() {
+	*x = CloseRangeResponse{}
+	mi := &file_rangekv_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseRangeResponse) ProtoMessage() {}
+
+func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseRangeResponse.ProtoReflect.Descriptor instead.
+func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CloseRangeResponse) GetReadableRevision() int64 {
+	if x != nil {
+		return x.ReadableRevision
+	}
+	return 0
+}
+
 var File_rangekv_proto protoreflect.FileDescriptor
 
 const file_rangekv_proto_rawDesc = "" +
@@ -1758,20 +1854,27 @@ const file_rangekv_proto_rawDesc = "" +
 	"\breplicas\x18\x02 \x01(\x04R\breplicas\x12\x18\n" +
 	"\aleaders\x18\x03 \x01(\x04R\aleaders\"E\n" +
 	"\x11ListNodesResponse\x120\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1a.rangekv.txnproto.NodeInfoR\x05nodes*%\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1a.rangekv.txnproto.NodeInfoR\x05nodes\"J\n" +
+	"\x11CloseRangeRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"A\n" +
+	"\x12CloseRangeResponse\x12+\n" +
+	"\x11readable_revision\x18\x01 \x01(\x03R\x10readableRevision*%\n" +
 	"\vReplicaType\x12\t\n" +
 	"\x05VOTER\x10\x00\x12\v\n" +
 	"\aLEARNER\x10\x012\xb3\x01\n" +
 	"\rRaftTransport\x12O\n" +
 	"\vRaftBatches\x12\".rangekv.txnproto.RaftMessageBatch\x1a\x1a.rangekv.txnproto.BatchAck(\x01\x12Q\n" +
-	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x012\xe2\x02\n" +
+	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x012\xbb\x03\n" +
 	"\x06Ranges\x12W\n" +
 	"\n" +
 	"ListRanges\x12#.rangekv.txnproto.ListRangesRequest\x1a$.rangekv.txnproto.ListRangesResponse\x12P\n" +
 	"\vRangeForKey\x12$.rangekv.txnproto.RangeForKeyRequest\x1a\x1b.rangekv.txnproto.RangeInfo\x12W\n" +
 	"\n" +
 	"SplitRange\x12#.rangekv.txnproto.SplitRangeRequest\x1a$.rangekv.txnproto.SplitRangeResponse\x12T\n" +
-	"\tListNodes\x12\".rangekv.txnproto.ListNodesRequest\x1a#.rangekv.txnproto.ListNodesResponseB%Z#github.com/rangekv/rangekv/txnprotob\x06proto3"
+	"\tListNodes\x12\".rangekv.txnproto.ListNodesRequest\x1a#.rangekv.txnproto.ListNodesResponse\x12W\n" +
+	"\n" +
+	"CloseRange\x12#.rangekv.txnproto.CloseRangeRequest\x1a$.rangekv.txnproto.CloseRangeResponseB%Z#github.com/rangekv/rangekv/txnprotob\x06proto3"
 
 var (
 	file_rangekv_proto_rawDescOnce sync.Once
@@ -1786,7 +1889,7 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
 	(*ReplicaDescriptor)(nil),  // 1: rangekv.txnproto.ReplicaDescriptor
@@ -1814,6 +1917,8 @@ var file_rangekv_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),   // 23: rangekv.txnproto.ListNodesRequest
 	(*NodeInfo)(nil),           // 24: rangekv.txnproto.NodeInfo
 	(*ListNodesResponse)(nil),  // 25: rangekv.txnproto.ListNodesResponse
+	(*CloseRangeRequest)(nil),  // 26: rangekv.txnproto.CloseRangeRequest
+	(*CloseRangeResponse)(nil), // 27: rangekv.txnproto.CloseRangeResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
@@ -1840,14 +1945,16 @@ var file_rangekv_proto_depIdxs = []int32{
 	20, // 21: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
 	21, // 22: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
 	23, // 23: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	13, // 24: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	16, // 25: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	19, // 26: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	17, // 27: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	22, // 28: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	25, // 29: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
+	26, // 24: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	13, // 25: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	16, // 26: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	19, // 27: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	17, // 28: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	22, // 29: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	25, // 30: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	27, // 31: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -1864,7 +1971,7 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

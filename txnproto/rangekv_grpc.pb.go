@@ -161,6 +161,7 @@ const (
 	Ranges_RangeForKey_FullMethodName = "/rangekv.txnproto.Ranges/RangeForKey"
 	Ranges_SplitRange_FullMethodName  = "/rangekv.txnproto.Ranges/SplitRange"
 	Ranges_ListNodes_FullMethodName   = "/rangekv.txnproto.Ranges/ListNodes"
+	Ranges_CloseRange_FullMethodName  = "/rangekv.txnproto.Ranges/CloseRange"
 )
 
 // RangesClient is the client API for Ranges service.
@@ -174,6 +175,10 @@ type RangesClient interface {
 	RangeForKey(ctx context.Context, in *RangeForKeyRequest, opts ...grpc.CallOption) (*RangeInfo, error)
 	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// CloseRange (peer URLs) runs on the range's leader: it confirms
+	// leadership and makes sure the range never writes at or below revision
+	// again, returning the revision through which the range is readable.
+	CloseRange(ctx context.Context, in *CloseRangeRequest, opts ...grpc.CallOption) (*CloseRangeResponse, error)
 }
 
 type rangesClient struct {
@@ -224,6 +229,16 @@ func (c *rangesClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts
 	return out, nil
 }
 
+func (c *rangesClient) CloseRange(ctx context.Context, in *CloseRangeRequest, opts ...grpc.CallOption) (*CloseRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseRangeResponse)
+	err := c.cc.Invoke(ctx, Ranges_CloseRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RangesServer is the server API for Ranges service.
 // All implementations must embed UnimplementedRangesServer
 // for forward compatibility.
@@ -235,6 +250,10 @@ type RangesServer interface {
 	RangeForKey(context.Context, *RangeForKeyRequest) (*RangeInfo, error)
 	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// CloseRange (peer URLs) runs on the range's leader: it confirms
+	// leadership and makes sure the range never writes at or below revision
+	// again, returning the revision through which the range is readable.
+	CloseRange(context.Context, *CloseRangeRequest) (*CloseRangeResponse, error)
 	mustEmbedUnimplementedRangesServer()
 }
 
@@ -256,6 +275,9 @@ func (UnimplementedRangesServer) SplitRange(context.Context, *SplitRangeRequest)
 }
 func (UnimplementedRangesServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedRangesServer) CloseRange(context.Context, *CloseRangeRequest) (*CloseRangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseRange not implemented")
 }
 func (UnimplementedRangesServer) mustEmbedUnimplementedRangesServer() {}
 func (UnimplementedRangesServer) testEmbeddedByValue()                {}
@@ -350,6 +372,24 @@ func _Ranges_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Ranges_CloseRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RangesServer).CloseRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ranges_CloseRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RangesServer).CloseRange(ctx, req.(*CloseRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Ranges_ServiceDesc is the grpc.ServiceDesc for Ranges service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -372,6 +412,10 @@ var Ranges_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNodes",
 			Handler:    _Ranges_ListNodes_Handler,
+		},
+		{
+			MethodName: "CloseRange",
+			Handler:    _Ranges_CloseRange_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,310 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// userSpan maps an etcd key and range_end to the span keys [start, end)
+// they address: range_end empty is the single key, "\x00" every key from
+// key on.
+func userSpan(key, rangeEnd []byte) (start, end []byte) {
+	start = kvstore.UserSpanKey(key)
+	switch {
+	case len(rangeEnd) == 0:
+		return start, append(bytes.Clone(start), 0)
+	case len(rangeEnd) == 1 && rangeEnd[0] == 0:
+		return start, kvstore.UserSpanEnd
+	default:
+		return start, kvstore.UserSpanKey(rangeEnd)
+	}
+}
+
+// inSpan reports whether [start, end) lies within span (an empty request
+// span counts as inside the span holding its start).
+func inSpan(span kvstore.Span, start, end []byte) bool {
+	if bytes.Compare(start, span.Start) < 0 || bytes.Compare(start, span.End) >= 0 {
+		return false
+	}
+	return bytes.Compare(end, start) <= 0 || bytes.Compare(end, span.End) <= 0
+}
+
+// spanRanges returns the local replicas covering [start, end), in key
+// order (at least the one holding start).
+func (n *Node) spanRanges(start, end []byte) ([]*rangeraft.Replica, error) {
+	var out []*rangeraft.Replica
+	k := start
+	for {
+		r := n.store.ReplicaForKey(k)
+		if r == nil {
+			return nil, status.Errorf(codes.Unavailable, "rangekv: no range holds key %q", k)
+		}
+		out = append(out, r)
+		d := r.Descriptor()
+		if bytes.Compare(end, d.EndKey) <= 0 || bytes.Compare(d.EndKey, kvstore.UserSpanEnd) >= 0 {
+			return out, nil
+		}
+		k = d.EndKey
+	}
+}
+
+// singleRange refuses a write whose spans (reported through add) touch
+// more than one range: atomic multi-range writes need the transaction
+// protocol, and a write is never half-applied.
+func (s *kvServer) singleRange(spans func(add func(start, end []byte))) error {
+	if s.peer {
+		return nil
+	}
+	ids := map[uint64]bool{}
+	var err error
+	spans(func(start, end []byte) {
+		rs, e := s.n.spanRanges(start, end)
+		if e != nil {
+			err = e
+			return
+		}
+		for _, r := range rs {
+			ids[r.RangeID] = true
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if len(ids) > 1 {
+		list := make([]string, 0, len(ids))
+		for id := range ids {
+			list = append(list, fmt.Sprint(id))
+		}
+		slices.Sort(list)
+		return status.Errorf(codes.Unimplemented,
+			"rangekv: the request touches keys in %d ranges (%s); atomic multi-range transactions and deletes are not supported yet",
+			len(ids), strings.Join(list, ", "))
+	}
+	return nil
+}
+
+// txnSpans reports every span a txn's compares and operations (both
+// branches, nested txns included) address.
+func txnSpans(req *pb.TxnRequest, add func(start, end []byte)) {
+	for _, c := range req.Compare {
+		add(userSpan(c.Key, c.RangeEnd))
+	}
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				add(userSpan(v.RequestRange.Key, v.RequestRange.RangeEnd))
+			case *pb.RequestOp_RequestPut:
+				add(userSpan(v.RequestPut.Key, nil))
+			case *pb.RequestOp_RequestDeleteRange:
+				add(userSpan(v.RequestDeleteRange.Key, v.RequestDeleteRange.RangeEnd))
+			case *pb.RequestOp_RequestTxn:
+				txnSpans(v.RequestTxn, add)
+			}
+		}
+	}
+}
+
+// maxMultiRangeAttempts bounds retries of a multi-range read that raced a
+// split.
+const maxMultiRangeAttempts = 5
+
+// multiRange serves a Range over keys of several ranges at one revision T.
+// A serializable read takes the lowest revision every local replica can
+// serve; a linearizable one closes T on every range's leader (closeAcross),
+// so each has applied every write at or below T and never writes there
+// again, then reads the local replicas at T. Results merge as etcd
+// computes them: kvs in key order (or the requested sort), count summed,
+// limit and more over the whole result.
+func (s *kvServer) multiRange(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
+	defer cancel()
+	start, end := userSpan(req.Key, req.RangeEnd)
+	for attempt := 0; ; attempt++ {
+		rs, err := s.n.spanRanges(start, end)
+		if err != nil {
+			return nil, err
+		}
+		var t int64
+		if req.Serializable {
+			t = rs[0].ReadableRevision()
+			for _, r := range rs[1:] {
+				t = min(t, r.ReadableRevision())
+			}
+		} else {
+			if t, err = s.n.closeAcross(ctx, rs, s.n.clock.Now()); err != nil {
+				return nil, translateErr(ctx, err)
+			}
+		}
+		resp, err := s.n.readAt(rs, req, t, start, end)
+		if err == errStaleRange && attempt < maxMultiRangeAttempts {
+			continue
+		}
+		return resp, err
+	}
+}
+
+// readAt reads req on the ranges rs, which must still tile [start, end),
+// at revision t (or req.Revision when set).
+func (n *Node) readAt(rs []*rangeraft.Replica, req *pb.RangeRequest, t int64, start, end []byte) (*pb.RangeResponse, error) {
+	rev := t
+	if req.Revision > 0 {
+		if req.Revision > t {
+			return nil, rpctypes.ErrGRPCFutureRev
+		}
+		rev = req.Revision
+	}
+	sub := proto.Clone(req).(*pb.RangeRequest)
+	sub.Revision = rev
+	out := &pb.RangeResponse{}
+	next := start
+	for _, r := range rs {
+		view := r.NewReadView()
+		if !bytes.Equal(view.Span.Start, next) && bytes.Compare(next, view.Span.Start) < 0 ||
+			bytes.Compare(next, view.Span.End) >= 0 {
+			view.Close()
+			return nil, errStaleRange
+		}
+		resp, err := kvstore.ExecRange(view.Reader, kvstore.UserKeys, view.Span, sub, t, view.CompactRevision)
+		next = view.Span.End
+		view.Close()
+		if err != nil {
+			return nil, err
+		}
+		out.Kvs = append(out.Kvs, resp.Kvs...)
+		out.Count += resp.Count
+		out.More = out.More || resp.More
+	}
+	if bytes.Compare(next, end) < 0 {
+		return nil, errStaleRange
+	}
+	if req.SortOrder != pb.RangeRequest_NONE || req.SortTarget != pb.RangeRequest_KEY {
+		sortKVs(out, req)
+	}
+	if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
+		out.Kvs = out.Kvs[:req.Limit]
+		out.More = true
+	}
+	out.Header = n.header(t, 0)
+	return out, nil
+}
+
+// sortKVs orders merged results as etcd's Range does (target and order;
+// ties keep key order).
+func sortKVs(resp *pb.RangeResponse, req *pb.RangeRequest) {
+	order := req.SortOrder
+	if order == pb.RangeRequest_NONE {
+		order = pb.RangeRequest_ASCEND
+	}
+	less := func(i, j int) bool {
+		a, b := resp.Kvs[i], resp.Kvs[j]
+		var c int
+		switch req.SortTarget {
+		case pb.RangeRequest_VERSION:
+			c = cmpInt(a.Version, b.Version)
+		case pb.RangeRequest_CREATE:
+			c = cmpInt(a.CreateRevision, b.CreateRevision)
+		case pb.RangeRequest_MOD:
+			c = cmpInt(a.ModRevision, b.ModRevision)
+		case pb.RangeRequest_VALUE:
+			c = bytes.Compare(a.Value, b.Value)
+		default:
+			c = bytes.Compare(a.Key, b.Key)
+		}
+		if order == pb.RangeRequest_DESCEND {
+			return c > 0
+		}
+		return c < 0
+	}
+	sort.SliceStable(resp.Kvs, less)
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// closeAcross makes every range in rs readable at one revision T >= t and
+// returns T: on each range's leader it confirms leadership and closes T
+// (rangeraft.Replica.Close), so the range has applied every write at or
+// below T and never writes there again; a range already past T raises T
+// and the others close again. It then waits for the local replicas to
+// apply the closes.
+func (n *Node) closeAcross(ctx context.Context, rs []*rangeraft.Replica, t int64) (int64, error) {
+	for round := 0; ; round++ {
+		raised := t
+		for _, r := range rs {
+			readable, err := n.closeOnLeader(ctx, r, t)
+			if err != nil {
+				return 0, err
+			}
+			raised = max(raised, readable)
+		}
+		if raised == t || round >= 3 {
+			t = raised
+			break
+		}
+		t = raised
+	}
+	for _, r := range rs {
+		if err := r.WaitReadable(ctx, t); err != nil {
+			return 0, err
+		}
+	}
+	return t, nil
+}
+
+// closeOnLeader runs CloseRange for r's range on its leader.
+func (n *Node) closeOnLeader(ctx context.Context, r *rangeraft.Replica, t int64) (int64, error) {
+	s := &kvServer{n: n}
+	id := r.RangeID
+	route := func() (*rangeraft.Replica, error) {
+		if r := n.store.Replica(id); r != nil {
+			return r, nil
+		}
+		return nil, errStaleRange
+	}
+	resp, err := onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.CloseRangeResponse, error) {
+		return closeLocal(ctx, r, t)
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*txnproto.CloseRangeResponse, error) {
+		return txnproto.NewRangesClient(cc).CloseRange(ctx, &txnproto.CloseRangeRequest{RangeId: id, Revision: t})
+	})
+	if err != nil {
+		return 0, err
+	}
+	return resp.ReadableRevision, nil
+}
+
+// closeLocal confirms leadership (ReadIndex) and, unless the range is
+// already readable at t, proposes a close at t.
+func closeLocal(ctx context.Context, r *rangeraft.Replica, t int64) (*txnproto.CloseRangeResponse, error) {
+	if err := r.ReadIndex(ctx); err != nil {
+		return nil, err
+	}
+	if r.ReadableRevision() < t {
+		if err := r.Close(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+	return &txnproto.CloseRangeResponse{ReadableRevision: r.ReadableRevision()}, nil
+}

@@ -1,0 +1,277 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// rangesServer implements the Ranges service (txnproto/rangekv.proto): on
+// the client URLs it lists ranges and nodes for rangekvctl and routing
+// clients and splits ranges by hand; on the peer URLs (peer=true) it runs
+// forwarded splits and closes on the local leader.
+type rangesServer struct {
+	txnproto.UnimplementedRangesServer
+	n    *Node
+	peer bool
+}
+
+// rangeInfo describes a local replica's range in user keys.
+func (n *Node) rangeInfo(r *rangeraft.Replica) *txnproto.RangeInfo {
+	d := r.Descriptor()
+	st := r.Status()
+	info := &txnproto.RangeInfo{
+		RangeId:      d.RangeId,
+		Replicas:     d.Replicas,
+		LeaderNodeId: st.LeaderNode,
+		Bytes:        st.Stats.TotalBytes,
+		Keys:         st.Stats.LiveKeys,
+		Qps:          r.QPS(),
+		Generation:   d.Generation,
+	}
+	info.StartKey, _ = kvstore.UserKeyFromSpan(d.StartKey)
+	if !bytes.Equal(d.EndKey, kvstore.UserSpanEnd) {
+		info.EndKey, _ = kvstore.UserKeyFromSpan(d.EndKey)
+	}
+	return info
+}
+
+// ListRanges lists the user ranges in key order, with this node's view of
+// their leaders and statistics.
+func (s *rangesServer) ListRanges(ctx context.Context, _ *txnproto.ListRangesRequest) (*txnproto.ListRangesResponse, error) {
+	rs, err := s.n.spanRanges(kvstore.UserSpanStart, kvstore.UserSpanEnd)
+	if err != nil {
+		return nil, err
+	}
+	resp := &txnproto.ListRangesResponse{}
+	for _, r := range rs {
+		resp.Ranges = append(resp.Ranges, s.n.rangeInfo(r))
+	}
+	return resp, nil
+}
+
+// RangeForKey returns the range holding key.
+func (s *rangesServer) RangeForKey(ctx context.Context, req *txnproto.RangeForKeyRequest) (*txnproto.RangeInfo, error) {
+	r, err := s.n.userRange(req.Key)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return s.n.rangeInfo(r), nil
+}
+
+// ListNodes lists the members with the replicas and leaderships this node
+// knows of.
+func (s *rangesServer) ListNodes(ctx context.Context, _ *txnproto.ListNodesRequest) (*txnproto.ListNodesResponse, error) {
+	ms, err := s.n.members()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	replicas, leaders := map[uint64]uint64{}, map[uint64]uint64{}
+	for _, r := range s.n.store.Replicas() {
+		for _, rd := range r.Descriptor().Replicas {
+			replicas[rd.NodeId]++
+		}
+		leaders[r.Status().LeaderNode]++
+	}
+	resp := &txnproto.ListNodesResponse{}
+	for _, m := range ms {
+		resp.Nodes = append(resp.Nodes, &txnproto.NodeInfo{Member: m, Replicas: replicas[m.Id], Leaders: leaders[m.Id]})
+	}
+	return resp, nil
+}
+
+// SplitRange splits the range holding key at key (etcd-style errors for a
+// missing key; FailedPrecondition when key already starts a range). The new
+// right-hand range ID comes from the meta range, the split goes through the
+// range's raft log on its leader, and the meta range's descriptors are
+// updated after it applies.
+func (s *rangesServer) SplitRange(ctx context.Context, req *txnproto.SplitRangeRequest) (*txnproto.SplitRangeResponse, error) {
+	if len(req.Key) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "rangekv: split key is not provided")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
+	defer cancel()
+	kv := &kvServer{n: s.n, peer: s.peer}
+	splitKey := kvstore.UserSpanKey(req.Key)
+	var route func() (*rangeraft.Replica, error)
+	if s.peer {
+		route = kv.route(ctx, nil)
+	} else {
+		route = func() (*rangeraft.Replica, error) { return s.n.userRange(req.Key) }
+	}
+	r, err := route()
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(r.Descriptor().StartKey, splitKey) {
+		return nil, status.Errorf(codes.FailedPrecondition, "rangekv: %q is already the start of range %d", req.Key, r.RangeID)
+	}
+	var newID uint64
+	if !s.peer {
+		if newID, err = s.n.allocRangeID(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		md := forwardedSplitID(ctx)
+		if md == 0 {
+			return nil, status.Error(codes.InvalidArgument, "rangekv: forwarded split without a range id")
+		}
+		newID = md
+	}
+	var left, right *txnproto.RangeDescriptor
+	_, err = onLeader(ctx, kv, route, false, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.SplitRangeResponse, error) {
+		l, rt, err := r.ProposeSplit(ctx, splitKey, newID)
+		if errors.Is(err, rangeraft.ErrBadSplitKey) {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		if errors.Is(err, rangeraft.ErrDescriptorChanged) {
+			return nil, errStaleRange
+		}
+		left, right = l, rt
+		return &txnproto.SplitRangeResponse{}, err
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*txnproto.SplitRangeResponse, error) {
+		ctx = withForwardedSplitID(ctx, newID)
+		return txnproto.NewRangesClient(cc).SplitRange(ctx, req)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.peer {
+		// The forwarding node reads the result from its own replicas.
+		return &txnproto.SplitRangeResponse{}, nil
+	}
+	if left == nil {
+		// Forwarded: wait for the local replica to apply the split.
+		rr := s.n.store.Replica(newID)
+		for rr == nil {
+			select {
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			case <-s.n.stopc:
+				return nil, status.Error(codes.Unavailable, "rangekv: stopping")
+			default:
+			}
+			time.Sleep(2 * time.Millisecond)
+			rr = s.n.store.Replica(newID)
+		}
+		left, right = r.Descriptor(), rr.Descriptor()
+	}
+	if err := s.n.recordDescriptors(ctx, left, right); err != nil {
+		s.n.log.Warn("recording split descriptors in the meta range", zap.Error(err))
+	}
+	s.n.log.Info("split range by request", zap.Uint64("range-id", left.RangeId),
+		zap.Uint64("right-range-id", right.RangeId), zap.ByteString("split-key", req.Key))
+	resp := &txnproto.SplitRangeResponse{Left: s.n.rangeInfo(s.n.store.Replica(left.RangeId)), Right: s.n.rangeInfo(s.n.store.Replica(right.RangeId))}
+	return resp, nil
+}
+
+// CloseRange runs on the leader of a forwarded range: see
+// closeLocal.
+func (s *rangesServer) CloseRange(ctx context.Context, req *txnproto.CloseRangeRequest) (*txnproto.CloseRangeResponse, error) {
+	r := s.n.store.Replica(req.RangeId)
+	if r == nil {
+		return nil, status.Errorf(codes.Unavailable, "%s: no replica of range %d", notLeaderPrefix, req.RangeId)
+	}
+	resp, err := closeLocal(ctx, r, req.Revision)
+	var nl *rangeraft.NotLeaderError
+	if errors.As(err, &nl) {
+		return nil, status.Errorf(codes.Unavailable, "%s of range %d", notLeaderPrefix, req.RangeId)
+	}
+	return resp, translateErr(ctx, err)
+}
+
+// metaRangeIDKey holds the last range ID handed out.
+var metaRangeIDKey = []byte("range-id-last")
+
+// allocRangeID hands out a range ID never used before, with a
+// compare-and-swap on a counter in the meta range.
+func (n *Node) allocRangeID(ctx context.Context) (uint64, error) {
+	s := &kvServer{n: n}
+	meta := func() (*rangeraft.Replica, error) { return n.metaRange(), nil }
+	for {
+		get := &pb.RangeRequest{Key: metaRangeIDKey}
+		cur, err := onLeader(ctx, s, meta, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
+			if err := r.ReadIndex(ctx); err != nil {
+				return nil, err
+			}
+			return n.readLocal(r, get)
+		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
+			return pb.NewKVClient(cc).Range(ctx, get)
+		})
+		if err != nil {
+			return 0, err
+		}
+		last, modRev := uint64(rangeraft.FirstUserRangeID), int64(0)
+		if len(cur.Kvs) == 1 {
+			if last, err = strconv.ParseUint(string(cur.Kvs[0].Value), 10, 64); err != nil {
+				return 0, status.Errorf(codes.Internal, "rangekv: corrupt range ID counter: %v", err)
+			}
+			modRev = cur.Kvs[0].ModRevision
+		}
+		next := last + 1
+		txn := &pb.TxnRequest{
+			Compare: []*pb.Compare{{Key: metaRangeIDKey, Target: pb.Compare_MOD, Result: pb.Compare_EQUAL,
+				TargetUnion: &pb.Compare_ModRevision{ModRevision: modRev}}},
+			Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{
+				Key: metaRangeIDKey, Value: []byte(strconv.FormatUint(next, 10))}}}},
+		}
+		resp, err := n.metaTxn(ctx, txn)
+		if err != nil {
+			return 0, err
+		}
+		if resp.Succeeded {
+			return next, nil
+		}
+	}
+}
+
+// recordDescriptors writes range descriptors into the meta range, keyed by
+// end key. Until cross-range transactions exist this follows the split
+// rather than committing with it; routing reads replicas' own descriptors.
+func (n *Node) recordDescriptors(ctx context.Context, descs ...*txnproto.RangeDescriptor) error {
+	txn := &pb.TxnRequest{}
+	for _, d := range descs {
+		data, err := proto.Marshal(d)
+		if err != nil {
+			return err
+		}
+		txn.Success = append(txn.Success, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{
+			Key: rangeraft.MetaRangeKey(d.EndKey), Value: data}}})
+	}
+	_, err := n.metaTxn(ctx, txn)
+	return err
+}
+
+// metaTxn runs a write txn on the meta range's leader.
+func (n *Node) metaTxn(ctx context.Context, txn *pb.TxnRequest) (*pb.TxnResponse, error) {
+	s := &kvServer{n: n}
+	meta := func() (*rangeraft.Replica, error) { return n.metaRange(), nil }
+	data, err := proto.Marshal(txn)
+	if err != nil {
+		return nil, err
+	}
+	return onLeader(ctx, s, meta, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
+		res, err := r.Propose(ctx, &txnproto.Command{Txn: data})
+		if err != nil {
+			return nil, err
+		}
+		resp := res.Response.(*pb.TxnResponse)
+		resp.Header = n.header(res.Revision, res.Term)
+		return resp, nil
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
+		return pb.NewKVClient(cc).Txn(ctx, txn)
+	})
+}
