@@ -42,6 +42,12 @@ type Config struct {
 	// SnapshotCount is the number of applied entries after which a range's
 	// raft log is truncated (etcd --snapshot-count).
 	SnapshotCount uint64
+	// RangeMaxBytes is the size, in bytes of MVCC data, past which a range
+	// splits; 0 disables size-based splits.
+	RangeMaxBytes int64
+	// RangeSplitQPS is the request rate, per second over 10s, past which a
+	// range splits where its sampled load divides; 0 disables it.
+	RangeSplitQPS float64
 	// MaxClockOffset bounds accepted HLC skew between nodes.
 	MaxClockOffset time.Duration
 	// WatchProgressNotifyInterval is the period of progress notifications

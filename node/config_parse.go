@@ -57,6 +57,8 @@ func DefaultConfig() Config {
 		MaxRequestBytes:             cfgDefaultMaxRequestBytes,
 		MaxTxnOps:                   cfgDefaultMaxTxnOps,
 		SnapshotCount:               cfgDefaultSnapshotCount,
+		RangeMaxBytes:               64 << 20,
+		RangeSplitQPS:               2500,
 		MaxClockOffset:              cfgDefaultMaxClockOffset,
 		WatchProgressNotifyInterval: cfgDefaultWatchProgressNotifyIntvl,
 	}
@@ -313,6 +315,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxTxnOps <= 0 {
 		return fmt.Errorf("--max-txn-ops must be >0 (set to %d)", c.MaxTxnOps)
+	}
+	if c.RangeMaxBytes < 0 {
+		return errors.New("--range-max-bytes must be >= 0")
+	}
+	if c.RangeSplitQPS < 0 {
+		return errors.New("--range-split-qps must be >= 0")
 	}
 	if c.SnapshotCount == 0 {
 		return errors.New("--snapshot-count must be >0")

@@ -243,8 +243,8 @@ func (s *kvServer) checkSize(m proto.Message) error {
 }
 
 // propose replicates one etcd write on r and returns the applier's result.
-func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
-	r.RecordRequest()
+func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
+	r.RecordRequest(kvstore.UserSpanKey(key))
 	return r.Propose(ctx, cmd)
 }
 
@@ -283,7 +283,7 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 
 // readLocal serves a Range from the local replica's applied state.
 func (n *Node) readLocal(r *rangeraft.Replica, req *pb.RangeRequest) (*pb.RangeResponse, error) {
-	r.RecordRequest()
+	r.RecordRequest(kvstore.UserSpanKey(req.Key))
 	view := r.NewReadView()
 	defer view.Close()
 	if r.Keyspace() == kvstore.UserKeys {
@@ -313,7 +313,7 @@ func (s *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 		return nil, err
 	}
 	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.PutResponse, error) {
-		res, err := s.propose(ctx, r, &txnproto.Command{Put: data})
+		res, err := s.propose(ctx, r, req.Key, &txnproto.Command{Put: data})
 		if err != nil {
 			return nil, err
 		}
@@ -342,7 +342,7 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 		return nil, err
 	}
 	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.DeleteRangeResponse, error) {
-		res, err := s.propose(ctx, r, &txnproto.Command{DeleteRange: data})
+		res, err := s.propose(ctx, r, req.Key, &txnproto.Command{DeleteRange: data})
 		if err != nil {
 			return nil, err
 		}
@@ -390,7 +390,7 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 		return nil, err
 	}
 	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
-		res, err := s.propose(ctx, r, &txnproto.Command{Txn: data})
+		res, err := s.propose(ctx, r, txnFirstKey(req), &txnproto.Command{Txn: data})
 		if err != nil {
 			return nil, err
 		}
@@ -496,7 +496,7 @@ func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 
 func (s *kvServer) compactRange(ctx context.Context, route func() (*rangeraft.Replica, error), req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
 	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.CompactionResponse, error) {
-		res, err := s.propose(ctx, r, &txnproto.Command{Compact: &txnproto.CompactCommand{Revision: req.Revision}})
+		res, err := s.propose(ctx, r, nil, &txnproto.Command{Compact: &txnproto.CompactCommand{Revision: req.Revision}})
 		if err != nil {
 			return nil, err
 		}

@@ -119,9 +119,10 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		return nil, err
 	}
 	store.Start()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.watchFatal()
 	go n.publishMember()
+	go n.runSplitQueue()
 	ok = true
 	lg.Info("rangekv node started",
 		zap.String("name", cfg.Name),

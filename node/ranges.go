@@ -93,89 +93,101 @@ func (s *rangesServer) ListNodes(ctx context.Context, _ *txnproto.ListNodesReque
 	return resp, nil
 }
 
-// SplitRange splits the range holding key at key (etcd-style errors for a
-// missing key; FailedPrecondition when key already starts a range). The new
-// right-hand range ID comes from the meta range, the split goes through the
-// range's raft log on its leader, and the meta range's descriptors are
-// updated after it applies.
+// SplitRange splits the range holding key at key (InvalidArgument for a
+// missing key; FailedPrecondition when key already starts a range).
 func (s *rangesServer) SplitRange(ctx context.Context, req *txnproto.SplitRangeRequest) (*txnproto.SplitRangeResponse, error) {
 	if len(req.Key) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "rangekv: split key is not provided")
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
-	defer cancel()
-	kv := &kvServer{n: s.n, peer: s.peer}
-	splitKey := kvstore.UserSpanKey(req.Key)
-	var route func() (*rangeraft.Replica, error)
 	if s.peer {
-		route = kv.route(ctx, nil)
-	} else {
-		route = func() (*rangeraft.Replica, error) { return s.n.userRange(req.Key) }
+		return s.splitForwarded(ctx, req)
 	}
+	left, right, err := s.n.splitAt(ctx, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &txnproto.SplitRangeResponse{Left: s.n.rangeInfo(left), Right: s.n.rangeInfo(right)}, nil
+}
+
+// splitAt splits the local range holding key so that a new range starts at
+// key. The new range ID comes from the meta range, the split goes through
+// the range's raft log on its leader (forwarded when this node does not
+// lead), and the meta range's descriptors are updated after it applied.
+// It returns this node's replicas of both sides.
+func (n *Node) splitAt(ctx context.Context, key []byte) (left, right *rangeraft.Replica, err error) {
+	ctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
+	defer cancel()
+	splitKey := kvstore.UserSpanKey(key)
+	route := func() (*rangeraft.Replica, error) { return n.userRange(key) }
 	r, err := route()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if bytes.Equal(r.Descriptor().StartKey, splitKey) {
-		return nil, status.Errorf(codes.FailedPrecondition, "rangekv: %q is already the start of range %d", req.Key, r.RangeID)
+		return nil, nil, status.Errorf(codes.FailedPrecondition, "rangekv: %q is already the start of range %d", key, r.RangeID)
 	}
-	var newID uint64
-	if !s.peer {
-		if newID, err = s.n.allocRangeID(ctx); err != nil {
-			return nil, err
-		}
-	} else {
-		md := forwardedSplitID(ctx)
-		if md == 0 {
-			return nil, status.Error(codes.InvalidArgument, "rangekv: forwarded split without a range id")
-		}
-		newID = md
+	newID, err := n.allocRangeID(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
-	var left, right *txnproto.RangeDescriptor
+	kv := &kvServer{n: n}
 	_, err = onLeader(ctx, kv, route, false, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.SplitRangeResponse, error) {
-		l, rt, err := r.ProposeSplit(ctx, splitKey, newID)
-		if errors.Is(err, rangeraft.ErrBadSplitKey) {
-			return nil, status.Error(codes.FailedPrecondition, err.Error())
-		}
-		if errors.Is(err, rangeraft.ErrDescriptorChanged) {
-			return nil, errStaleRange
-		}
-		left, right = l, rt
-		return &txnproto.SplitRangeResponse{}, err
+		return splitLocal(ctx, r, splitKey, newID)
 	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*txnproto.SplitRangeResponse, error) {
-		ctx = withForwardedSplitID(ctx, newID)
-		return txnproto.NewRangesClient(cc).SplitRange(ctx, req)
+		return txnproto.NewRangesClient(cc).SplitRange(withForwardedSplitID(ctx, newID), &txnproto.SplitRangeRequest{Key: key})
 	})
 	if err != nil {
+		return nil, nil, err
+	}
+	// Wait for this node's replica to apply the split (it has when the
+	// split ran here; a forwarded one applies here shortly after).
+	for {
+		right = n.store.Replica(newID)
+		if right != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, status.FromContextError(ctx.Err()).Err()
+		case <-n.stopc:
+			return nil, nil, status.Error(codes.Unavailable, "rangekv: node is stopping")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	left = n.store.Replica(r.RangeID)
+	if err := n.recordDescriptors(ctx, left.Descriptor(), right.Descriptor()); err != nil {
+		n.log.Warn("recording split descriptors in the meta range", zap.Error(err))
+	}
+	n.log.Info("split range", zap.Uint64("range-id", left.RangeID),
+		zap.Uint64("right-range-id", right.RangeID), zap.ByteString("split-key", key))
+	return left, right, nil
+}
+
+// splitLocal proposes a split on the local leader, mapping its errors.
+func splitLocal(ctx context.Context, r *rangeraft.Replica, splitKey []byte, newID uint64) (*txnproto.SplitRangeResponse, error) {
+	_, _, err := r.ProposeSplit(ctx, splitKey, newID)
+	switch {
+	case errors.Is(err, rangeraft.ErrBadSplitKey):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, rangeraft.ErrDescriptorChanged):
+		return nil, errStaleRange
+	case err != nil:
 		return nil, err
 	}
-	if s.peer {
-		// The forwarding node reads the result from its own replicas.
-		return &txnproto.SplitRangeResponse{}, nil
+	return &txnproto.SplitRangeResponse{}, nil
+}
+
+// splitForwarded runs a split another node forwarded, on the named local
+// range, with the range ID that node allocated.
+func (s *rangesServer) splitForwarded(ctx context.Context, req *txnproto.SplitRangeRequest) (*txnproto.SplitRangeResponse, error) {
+	newID := forwardedSplitID(ctx)
+	if newID == 0 {
+		return nil, status.Error(codes.InvalidArgument, "rangekv: forwarded split without a range id")
 	}
-	if left == nil {
-		// Forwarded: wait for the local replica to apply the split.
-		rr := s.n.store.Replica(newID)
-		for rr == nil {
-			select {
-			case <-ctx.Done():
-				return nil, status.FromContextError(ctx.Err()).Err()
-			case <-s.n.stopc:
-				return nil, status.Error(codes.Unavailable, "rangekv: stopping")
-			default:
-			}
-			time.Sleep(2 * time.Millisecond)
-			rr = s.n.store.Replica(newID)
-		}
-		left, right = r.Descriptor(), rr.Descriptor()
-	}
-	if err := s.n.recordDescriptors(ctx, left, right); err != nil {
-		s.n.log.Warn("recording split descriptors in the meta range", zap.Error(err))
-	}
-	s.n.log.Info("split range by request", zap.Uint64("range-id", left.RangeId),
-		zap.Uint64("right-range-id", right.RangeId), zap.ByteString("split-key", req.Key))
-	resp := &txnproto.SplitRangeResponse{Left: s.n.rangeInfo(s.n.store.Replica(left.RangeId)), Right: s.n.rangeInfo(s.n.store.Replica(right.RangeId))}
-	return resp, nil
+	kv := &kvServer{n: s.n, peer: true}
+	return onLeader(ctx, kv, kv.route(ctx, nil), false, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.SplitRangeResponse, error) {
+		return splitLocal(ctx, r, kvstore.UserSpanKey(req.Key), newID)
+	}, nil)
 }
 
 // CloseRange runs on the leader of a forwarded range: see

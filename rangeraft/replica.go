@@ -2,6 +2,7 @@ package rangeraft
 
 import (
 	"context"
+	"slices"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -102,6 +103,10 @@ type Replica struct {
 	// over the last qpsWindow, refreshed by the store (float64 bits).
 	requests atomic.Int64
 	qps      atomic.Uint64
+
+	sampleMu   sync.Mutex
+	samples    [512][]byte
+	sampleNext int
 }
 
 // Descriptor returns a copy of the replica's range descriptor.
@@ -745,9 +750,58 @@ func (r *Replica) Covers(start, end []byte) bool {
 	return string(start) >= string(r.desc.StartKey) && string(end) <= string(r.desc.EndKey)
 }
 
-// RecordRequest counts one request served by this replica, for load-based
-// split decisions and `rangekvctl range list`.
-func (r *Replica) RecordRequest() { r.requests.Add(1) }
+// RecordRequest counts one request on key (a span key) served by this
+// replica, for load-based splits and `rangekvctl range list`; one request
+// in loadSampleEvery has its key sampled.
+func (r *Replica) RecordRequest(key []byte) {
+	if n := r.requests.Add(1); n%loadSampleEvery == 0 {
+		r.sampleMu.Lock()
+		r.samples[r.sampleNext%len(r.samples)] = append(r.samples[r.sampleNext%len(r.samples)][:0], key...)
+		r.sampleNext++
+		r.sampleMu.Unlock()
+	}
+}
+
+// loadSampleEvery is the sampling period of request keys.
+const loadSampleEvery = 4
+
+// LoadSplitKey returns the span key that divides the sampled request load
+// in two (the median sampled key), or nil when the samples cannot divide
+// it: too few, or a single hot key.
+func (r *Replica) LoadSplitKey() []byte {
+	r.sampleMu.Lock()
+	n := min(r.sampleNext, len(r.samples))
+	keys := make([]string, 0, n)
+	for _, k := range r.samples[:n] {
+		keys = append(keys, string(k))
+	}
+	r.sampleMu.Unlock()
+	if len(keys) < 32 {
+		return nil
+	}
+	slices.Sort(keys)
+	mid := keys[len(keys)/2]
+	if mid == keys[0] {
+		// Half the load or more is on the smallest key: split just after it.
+		i, _ := slices.BinarySearch(keys, mid+"\x00")
+		if i >= len(keys) {
+			return nil
+		}
+		mid = keys[i]
+	}
+	if string(mid) <= string(r.startKey) {
+		return nil
+	}
+	return []byte(mid)
+}
+
+// ResetLoad forgets sampled keys (after a split, the samples describe the
+// old span).
+func (r *Replica) ResetLoad() {
+	r.sampleMu.Lock()
+	r.sampleNext = 0
+	r.sampleMu.Unlock()
+}
 
 // QPS returns the replica's request rate, requests per second, averaged
 // over the last qpsWindow.

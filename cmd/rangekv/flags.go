@@ -33,6 +33,8 @@ const (
 	flagMaxTxnOps                   = "max-txn-ops"
 	flagSnapshotCount               = "snapshot-count"
 	flagMaxClockOffset              = "max-clock-offset"
+	flagRangeMaxBytes               = "range-max-bytes"
+	flagRangeSplitQPS               = "range-split-qps"
 	flagWatchProgressNotifyInterval = "watch-progress-notify-interval"
 	flagLogger                      = "logger"
 	flagLogLevel                    = "log-level"
@@ -59,6 +61,8 @@ type options struct {
 	maxRequestBytes int
 	maxTxnOps       int
 	snapshotCount   uint64
+	rangeMaxBytes   int64
+	rangeSplitQPS   float64
 	maxClockOffset  time.Duration
 	watchProgress   time.Duration
 
@@ -95,6 +99,8 @@ func newOptions() *options {
 	fs.Uint64Var(&o.snapshotCount, flagSnapshotCount, d.SnapshotCount, "Applied entries after which a range's raft log is truncated.")
 	fs.IntVar(&o.maxRequestBytes, flagMaxRequestBytes, d.MaxRequestBytes, "Largest client request, in bytes, the server accepts.")
 	fs.IntVar(&o.maxTxnOps, flagMaxTxnOps, d.MaxTxnOps, "Most operations allowed in one transaction branch.")
+	fs.Int64Var(&o.rangeMaxBytes, flagRangeMaxBytes, d.RangeMaxBytes, "A range larger than this many bytes splits in two; 0 disables size-based splits.")
+	fs.Float64Var(&o.rangeSplitQPS, flagRangeSplitQPS, d.RangeSplitQPS, "A range serving more requests per second than this, sustained over 10s, splits where its load divides; 0 disables load-based splits.")
 	fs.DurationVar(&o.maxClockOffset, flagMaxClockOffset, d.MaxClockOffset, "Largest clock skew tolerated between nodes; a node further off stops serving.")
 	fs.DurationVar(&o.watchProgress, flagWatchProgressNotifyInterval, d.WatchProgressNotifyInterval, "Period of progress notifications to watchers that request them.")
 
@@ -231,6 +237,8 @@ func resolve(o *options, environ []string) (settings, error) {
 		cfg.SnapshotCount = node.DefaultConfig().SnapshotCount
 		warnings = append(warnings, fmt.Sprintf("--snapshot-count=0 replaced by the default %d", cfg.SnapshotCount))
 	}
+	cfg.RangeMaxBytes = o.rangeMaxBytes
+	cfg.RangeSplitQPS = o.rangeSplitQPS
 	cfg.MaxClockOffset = o.maxClockOffset
 	cfg.WatchProgressNotifyInterval = o.watchProgress
 

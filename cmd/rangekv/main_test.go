@@ -188,6 +188,8 @@ func TestEnv(t *testing.T) {
 			"RANGEKV_MAX_REQUEST_BYTES=100",
 			"RANGEKV_MAX_TXN_OPS=3",
 			"RANGEKV_SNAPSHOT_COUNT=7",
+			"RANGEKV_RANGE_MAX_BYTES=4096",
+			"RANGEKV_RANGE_SPLIT_QPS=50.5",
 			"RANGEKV_MAX_CLOCK_OFFSET=1s",
 			"RANGEKV_WATCH_PROGRESS_NOTIFY_INTERVAL=1m",
 			"RANGEKV_LOGGER=zap",
@@ -197,13 +199,13 @@ func TestEnv(t *testing.T) {
 		}
 		s := mustParse(t, nil, env...)
 		c := s.cfg
-		got := fmt.Sprintf("%s %s %s %s %s %s %s %s %s %v %v %d %d %d %v %v %v %v",
+		got := fmt.Sprintf("%s %s %s %s %s %s %s %s %s %v %v %d %d %d %d %v %v %v %v %v",
 			c.Name, c.DataDir, urls(c.ListenClientURLs), urls(c.AdvertiseClientURLs), urls(c.ListenPeerURLs),
 			urls(c.InitialAdvertisePeerURLs), node.FormatInitialCluster(c.InitialCluster), c.InitialClusterState,
 			c.InitialClusterToken, c.HeartbeatInterval, c.ElectionTimeout, c.MaxRequestBytes, c.MaxTxnOps,
-			c.SnapshotCount, c.MaxClockOffset, c.WatchProgressNotifyInterval, s.logLevel, s.logOutputs)
+			c.SnapshotCount, c.RangeMaxBytes, c.RangeSplitQPS, c.MaxClockOffset, c.WatchProgressNotifyInterval, s.logLevel, s.logOutputs)
 		want := "infra3 /d http://127.0.0.1:32379 http://127.0.0.1:32379 http://127.0.0.1:32380 http://127.0.0.1:32380 " +
-			"infra3=http://127.0.0.1:32380 existing etcd-cluster-1 20ms 200ms 100 3 7 1s 1m0s warn [stdout]"
+			"infra3=http://127.0.0.1:32380 existing etcd-cluster-1 20ms 200ms 100 3 7 4096 50.5 1s 1m0s warn [stdout]"
 		if got != want {
 			t.Fatalf("config from env:\n got  %s\n want %s", got, want)
 		}

@@ -105,6 +105,8 @@ func configFields(s settings) []zap.Field {
 		zap.Int(flagMaxRequestBytes, c.MaxRequestBytes),
 		zap.Int(flagMaxTxnOps, c.MaxTxnOps),
 		zap.Uint64(flagSnapshotCount, c.SnapshotCount),
+		zap.Int64(flagRangeMaxBytes, c.RangeMaxBytes),
+		zap.Float64(flagRangeSplitQPS, c.RangeSplitQPS),
 		zap.Duration(flagMaxClockOffset, c.MaxClockOffset),
 		zap.Duration(flagWatchProgressNotifyInterval, c.WatchProgressNotifyInterval),
 		zap.String(flagLogLevel, s.logLevel.String()),
