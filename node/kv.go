@@ -175,7 +175,7 @@ func waitLocalApply(ctx context.Context, r *rangeraft.Replica, res proto.Message
 	if !ok || h.GetHeader() == nil {
 		return
 	}
-	_ = r.Feed().WaitRevision(ctx, h.GetHeader().Revision)
+	_ = r.WaitReadable(ctx, h.GetHeader().Revision)
 }
 
 // transportFailure reports whether err is gRPC's own failure (the
@@ -462,8 +462,7 @@ func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 	// has applied, and the compacted revision.
 	var newest, compacted int64
 	for _, r := range rs {
-		st := r.Status()
-		newest, compacted = max(newest, st.Revision), max(compacted, st.CompactRevision)
+		newest, compacted = max(newest, r.ReadableRevision()), max(compacted, r.Status().CompactRevision)
 	}
 	if req.Revision <= compacted {
 		return nil, rpctypes.ErrGRPCCompacted

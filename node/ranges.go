@@ -81,6 +81,9 @@ func (s *rangesServer) ListNodes(ctx context.Context, _ *txnproto.ListNodesReque
 	}
 	replicas, leaders := map[uint64]uint64{}, map[uint64]uint64{}
 	for _, r := range s.n.store.Replicas() {
+		if !r.Initialized() {
+			continue
+		}
 		for _, rd := range r.Descriptor().Replicas {
 			replicas[rd.NodeId]++
 		}
@@ -143,7 +146,7 @@ func (n *Node) splitAt(ctx context.Context, key []byte) (left, right *rangeraft.
 	// split ran here; a forwarded one applies here shortly after).
 	for {
 		right = n.store.Replica(newID)
-		if right != nil {
+		if right != nil && right.Initialized() {
 			break
 		}
 		select {

@@ -35,7 +35,7 @@ func (n *Node) runSplitQueue() {
 		case <-t.C:
 		}
 		for _, r := range n.store.Replicas() {
-			if r.Keyspace() != kvstore.UserKeys {
+			if r.Keyspace() != kvstore.UserKeys || !r.Initialized() {
 				continue
 			}
 			st := r.Status()

@@ -2,11 +2,11 @@ package rangeraft
 
 import (
 	"context"
-	"slices"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -87,6 +87,9 @@ type Replica struct {
 	stats         kvstore.Stats
 	leaderReplica uint64
 	term          uint64
+	// peerNodes maps peer replica IDs to nodes as learned from incoming
+	// messages (an uninitialized replica has no descriptor to ask).
+	peerNodes     map[uint64]uint64
 	proposals     map[uint64]*proposal
 	pendingReads  []*readWaiter
 	inflightReads map[string][]*readWaiter
@@ -98,6 +101,9 @@ type Replica struct {
 	compactTarget chan int64
 	// appliedc is closed and replaced after every apply batch.
 	appliedc chan struct{}
+	// destroyed marks a replica object the store replaced (an
+	// uninitialized replica a split initialized); the scheduler skips it.
+	destroyed bool
 
 	// requests counts requests served by this replica; qps is their rate
 	// over the last qpsWindow, refreshed by the store (float64 bits).
@@ -165,7 +171,8 @@ func (r *Replica) nodeOfReplicaLocked(replicaID uint64) uint64 {
 			return rd.NodeId
 		}
 	}
-	return 0
+	// An uninitialized replica knows its peers only from their messages.
+	return r.peerNodes[replicaID]
 }
 
 func (r *Replica) replicaOfNodeLocked(nodeID uint64) uint64 {
@@ -252,7 +259,8 @@ func (r *Replica) ReadIndex(ctx context.Context) error {
 }
 
 // ReadView is a consistent engine view of a replica for serving reads: a
-// Pebble snapshot and the revisions it reflects. Close releases it.
+// Pebble snapshot and the revisions it reflects. Revision is the range's
+// readable revision (see ReadableRevision). Close releases it.
 type ReadView struct {
 	Reader          pebble.Reader
 	Revision        int64
@@ -272,9 +280,11 @@ func (r *Replica) NewReadView() *ReadView {
 	defer r.mu.Unlock()
 	snap := r.store.db.NewSnapshot()
 	return &ReadView{
-		snap:            snap,
-		Reader:          snap,
-		Revision:        r.st.applied.Revision,
+		snap:   snap,
+		Reader: snap,
+		// The newest revision the range can serve: its last write, or a
+		// later revision it closed (a multi-range read or a compaction).
+		Revision:        max(r.st.applied.Revision, r.st.applied.ClosedRevision),
 		CompactRevision: r.st.applied.CompactRevision,
 		Term:            r.raw.BasicStatus().GetTerm(),
 		Span:            kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey},
@@ -565,11 +575,34 @@ func (r *Replica) stageSplit(b *pebble.Batch, cur *txnproto.RangeDescriptor, app
 	if err := setProto(b, kvstore.RangeDescriptorKey(l.RangeId), l); err != nil {
 		return kvstore.Stats{}, err
 	}
+	if existing := r.store.Replica(rt.RangeId); existing != nil {
+		existing.mu.Lock()
+		init := existing.initializedLocked()
+		existing.mu.Unlock()
+		if init {
+			// A snapshot initialized the right-hand replica already (this
+			// replica's span could not have covered it then); it is newer
+			// than anything the split would write.
+			return kvstore.Stats{}, nil
+		}
+	}
+	// An uninitialized right-hand replica may have voted: keep its term and
+	// vote so it never votes twice in a term.
+	prevHS := &raftpb.HardState{}
+	if err := getProto(b, kvstore.RaftHardStateKey(rt.RangeId), prevHS); err != nil {
+		return kvstore.Stats{}, err
+	}
 	if err := writeInitialRangeState(b, rt, &txnproto.AppliedState{
 		Index: initialIndex, Term: initialTerm,
 		Revision: applied.Revision, CompactRevision: applied.CompactRevision, ClosedRevision: applied.ClosedRevision,
 	}); err != nil {
 		return kvstore.Stats{}, err
+	}
+	if prevHS.GetTerm() > initialTerm {
+		prevHS.Commit = proto.Uint64(max(prevHS.GetCommit(), initialIndex))
+		if err := setProto(b, kvstore.RaftHardStateKey(rt.RangeId), prevHS); err != nil {
+			return kvstore.Stats{}, err
+		}
 	}
 	st, err := kvstore.ComputeStats(b, kvstore.Span{Start: rt.StartKey, End: rt.EndKey})
 	if err != nil {
@@ -789,7 +822,7 @@ func (r *Replica) LoadSplitKey() []byte {
 		}
 		mid = keys[i]
 	}
-	if string(mid) <= string(r.startKey) {
+	if string(mid) <= string(r.Descriptor().StartKey) {
 		return nil
 	}
 	return []byte(mid)
@@ -806,3 +839,12 @@ func (r *Replica) ResetLoad() {
 // QPS returns the replica's request rate, requests per second, averaged
 // over the last qpsWindow.
 func (r *Replica) QPS() float64 { return math.Float64frombits(r.qps.Load()) }
+
+// Initialized reports whether the replica holds the range's data (it was
+// bootstrapped, created by a split, or received a snapshot); an
+// uninitialized one only takes part in raft until a snapshot arrives.
+func (r *Replica) Initialized() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.initializedLocked()
+}

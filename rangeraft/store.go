@@ -123,7 +123,13 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 }
 
 func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
-	var replicaID uint64
+	return s.loadReplicaAs(desc, 0)
+}
+
+// loadReplicaAs loads a replica from the engine. An uninitialized replica
+// (desc has no span; see newUninitialized) takes replicaID from the
+// caller.
+func (s *Store) loadReplicaAs(desc *txnproto.RangeDescriptor, replicaID uint64) (*Replica, error) {
 	cs := &raftpb.ConfState{}
 	for _, rd := range desc.Replicas {
 		if rd.NodeId == s.cfg.NodeID {
@@ -165,6 +171,7 @@ func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
 		keyspace:      ks,
 		stats:         stats,
 		proposals:     map[uint64]*proposal{},
+		peerNodes:     map[uint64]uint64{},
 		inflightReads: map[string][]*readWaiter{},
 		compactCond:   make(chan struct{}),
 		compactTarget: make(chan int64, 1),
@@ -291,15 +298,26 @@ func (s *Store) Replicas() []*Replica {
 	return out
 }
 
-// addReplica creates the replica of a range whose state was just written
-// to the engine (the right-hand side of a split) and starts it. campaign
-// starts an election at once (the left-hand leader's node does, so the new
-// range gets a leader without waiting for a timeout).
+// addReplica installs the replica of a range whose state was just written
+// to the engine (the right-hand side of a split) and starts it. An
+// uninitialized replica of the range is retired and replaced; an
+// initialized one (a snapshot got there first) is kept. campaign starts an
+// election at once (the left-hand leader's node does, so the new range
+// gets a leader without waiting for a timeout).
 func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
 	s.mu.Lock()
-	if _, ok := s.replicas[desc.RangeId]; ok {
-		s.mu.Unlock()
-		return
+	if old, ok := s.replicas[desc.RangeId]; ok {
+		old.mu.Lock()
+		init := old.initializedLocked()
+		if !init {
+			old.destroyed = true
+		}
+		old.mu.Unlock()
+		if init {
+			s.mu.Unlock()
+			return
+		}
+		delete(s.replicas, desc.RangeId)
 	}
 	r, err := s.loadReplica(desc)
 	if err != nil {
@@ -330,7 +348,9 @@ func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
 func (s *Store) rebuildIndexLocked() {
 	s.byStart = s.byStart[:0]
 	for _, r := range s.replicas {
-		s.byStart = append(s.byStart, r)
+		if len(r.startKey) > 0 {
+			s.byStart = append(s.byStart, r)
+		}
 	}
 	slices.SortFunc(s.byStart, func(a, b *Replica) int {
 		return strings.Compare(string(a.startKey), string(b.startKey))
@@ -443,6 +463,10 @@ func (s *Store) processReady() error {
 			continue
 		}
 		r.mu.Lock()
+		if r.destroyed {
+			r.mu.Unlock()
+			continue
+		}
 		r.flushReadsLocked()
 		if r.raw.HasReady() {
 			items = append(items, &readyItem{r: r, rd: r.raw.Ready()})
@@ -480,6 +504,7 @@ func (s *Store) processReady() error {
 
 	// Persisted: publish the new log bounds, then send.
 	outgoing := map[uint64][]*txnproto.RaftMessage{}
+	var initialized []*Replica
 	for _, it := range items {
 		r := it.r
 		r.mu.Lock()
@@ -488,6 +513,11 @@ func (s *Store) processReady() error {
 			r.st.applied = it.snap.applied
 			r.st.confState = proto.Clone(it.rd.Snapshot.GetMetadata().GetConfState()).(*raftpb.ConfState)
 			r.desc = it.snap.desc
+			if len(r.startKey) == 0 {
+				// An uninitialized replica becomes a routable one (its start
+				// key is set under the store lock below).
+				initialized = append(initialized, r)
+			}
 			if st, err := kvstore.DecodeStats(it.snap.stats); err == nil {
 				r.stats = st
 			}
@@ -526,6 +556,15 @@ func (s *Store) processReady() error {
 			r.feed.Reset(it.snap.applied.Revision)
 			r.log.Info("applied snapshot", zap.Uint64("index", it.snap.index), zap.Int64("revision", it.snap.applied.Revision))
 		}
+	}
+	if len(initialized) > 0 {
+		s.mu.Lock()
+		for _, r := range initialized {
+			r.startKey = r.Descriptor().StartKey
+		}
+		s.rebuildIndexLocked()
+		s.metrics.ranges.Set(float64(len(s.replicas)))
+		s.mu.Unlock()
 	}
 	for node, msgs := range outgoing {
 		s.transport.send(node, msgs)
@@ -649,17 +688,26 @@ func (r *Replica) handleSoftStateLocked(ss *raft.SoftState) {
 	}
 }
 
-// HandleRaftMessage steps a message received from a peer into its replica.
-func (s *Store) HandleRaftMessage(rangeID uint64, m *raftpb.Message) {
+// HandleRaftMessage steps a message received from node fromNode into its
+// replica. A message for a range this node has no replica of creates an
+// uninitialized replica when it comes from a leader or candidate (see
+// newUninitialized); other messages for unknown ranges are dropped.
+func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message) {
 	r := s.Replica(rangeID)
 	if r == nil {
-		// Replicas are created by bootstrap (and, later, by splits and
-		// placement); a message for an unknown range is dropped rather
-		// than creating a replica that could conflict.
-		s.log.Debug("dropping raft message for unknown range", zap.Uint64("range-id", rangeID))
-		return
+		switch m.GetType() {
+		case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap, raftpb.MsgVote, raftpb.MsgPreVote, raftpb.MsgTimeoutNow:
+			r = s.newUninitialized(rangeID, m.GetTo())
+		}
+		if r == nil {
+			s.log.Debug("dropping raft message for unknown range", zap.Uint64("range-id", rangeID))
+			return
+		}
 	}
 	r.mu.Lock()
+	if m.GetFrom() != 0 && fromNode != 0 {
+		r.peerNodes[m.GetFrom()] = fromNode
+	}
 	err := r.raw.Step(m)
 	r.mu.Unlock()
 	if err != nil {
@@ -668,13 +716,75 @@ func (s *Store) HandleRaftMessage(rangeID uint64, m *raftpb.Message) {
 	s.enqueue(rangeID)
 }
 
+// newUninitialized creates a replica of a range this node has no data for
+// yet: no span, no configuration, an empty log. It votes and answers but
+// serves nothing and is not routed to; a snapshot from the range's leader
+// initializes it, or, if this node's left-hand replica applies the split
+// that created the range first, the split does (preserving the term and
+// vote the replica may already have cast). CockroachDB creates replicas
+// from raft messages the same way. Its persisted hard state survives a
+// restart, so a re-created replica never votes twice in a term.
+func (s *Store) newUninitialized(rangeID, replicaID uint64) *Replica {
+	if replicaID == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.replicas[rangeID]; ok {
+		return r
+	}
+	if _, closer, err := s.db.Get(kvstore.RangeDescriptorKey(rangeID)); err == nil {
+		// A split created the range here a moment ago and is about to
+		// install it; drop the message rather than race it.
+		closer.Close()
+		return nil
+	}
+	r, err := s.loadReplicaAs(&txnproto.RangeDescriptor{RangeId: rangeID}, replicaID)
+	if err != nil {
+		s.log.Warn("creating uninitialized replica", zap.Uint64("range-id", rangeID), zap.Error(err))
+		return nil
+	}
+	s.replicas[rangeID] = r
+	s.log.Info("created uninitialized replica", zap.Uint64("range-id", rangeID), zap.Uint64("replica-id", replicaID))
+	if s.started.Load() {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			r.runCompactor(s.stopc)
+		}()
+	}
+	return r
+}
+
+// initialized reports whether the replica has a span (it has applied a
+// snapshot or was created by bootstrap or a split).
+func (r *Replica) initializedLocked() bool { return len(r.desc.EndKey) > 0 }
+
+// overlapsInitialized returns an initialized replica other than except
+// whose span overlaps [start, end), or nil.
+func (s *Store) overlapsInitialized(start, end []byte, except uint64) *Replica {
+	for _, r := range s.Replicas() {
+		if r.RangeID == except {
+			continue
+		}
+		r.mu.Lock()
+		ok := r.initializedLocked() && string(start) < string(r.desc.EndKey) && string(r.desc.StartKey) < string(end)
+		r.mu.Unlock()
+		if ok {
+			return r
+		}
+	}
+	return nil
+}
+
 // HasLeader reports whether every replica on the node knows a leader.
 func (s *Store) HasLeader() bool {
 	for _, r := range s.Replicas() {
 		r.mu.Lock()
 		lead := r.raw.BasicStatus().Lead
+		init := r.initializedLocked()
 		r.mu.Unlock()
-		if lead == raft.None {
+		if lead == raft.None && init {
 			return false
 		}
 	}

@@ -240,7 +240,7 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 				t.s.log.Warn("malformed raft message", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 				continue
 			}
-			t.s.HandleRaftMessage(rm.RangeId, m)
+			t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m)
 		}
 	}
 }
@@ -388,9 +388,22 @@ func (t *Transport) Snapshot(stream txnproto.RaftTransport_SnapshotServer) error
 	}
 	r := t.s.Replica(header.RangeId)
 	if r == nil {
+		r = t.s.newUninitialized(header.RangeId, m.GetTo())
+	}
+	if r == nil {
 		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: fmt.Sprintf("no replica of range %d", header.RangeId)})
 	}
+	// A snapshot may not cover keys another local replica holds: that
+	// replica has not applied the split (or merge) that separated them yet,
+	// and will hand the keys over through its own log.
+	if o := t.s.overlapsInitialized(header.Descriptor_.StartKey, header.Descriptor_.EndKey, header.RangeId); o != nil {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: fmt.Sprintf(
+			"snapshot of range %d overlaps local range %d; retry after it splits", header.RangeId, o.RangeID)})
+	}
 	r.mu.Lock()
+	if m.GetFrom() != 0 {
+		r.peerNodes[m.GetFrom()] = header.FromNode
+	}
 	r.staged = &stagedSnapshot{
 		index: header.AppliedState.Index, applied: header.AppliedState,
 		desc: header.Descriptor_, stats: header.Stats, kvs: kvs,
