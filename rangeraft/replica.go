@@ -101,6 +101,10 @@ type Replica struct {
 	compactTarget chan int64
 	// appliedc is closed and replaced after every apply batch.
 	appliedc chan struct{}
+	// quiesced replicas are not ticked (quiesce.go); idleTicks counts a
+	// leader's idle ticks towards quiescing.
+	quiesced  bool
+	idleTicks int
 	// destroyed marks a replica object the store replaced (an
 	// uninitialized replica a split initialized); the scheduler skips it.
 	destroyed bool
@@ -210,6 +214,7 @@ func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResu
 		return ApplyResult{}, err
 	}
 	r.proposals[cmd.Id] = p
+	r.unquiesceLocked()
 	if err := r.raw.Propose(data); err != nil {
 		delete(r.proposals, cmd.Id)
 		r.mu.Unlock()
@@ -248,6 +253,7 @@ func (r *Replica) ReadIndex(ctx context.Context) error {
 		return err
 	}
 	r.pendingReads = append(r.pendingReads, w)
+	r.unquiesceLocked()
 	r.mu.Unlock()
 	r.store.enqueue(r.RangeID)
 	select {

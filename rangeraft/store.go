@@ -71,6 +71,7 @@ type Store struct {
 
 	proposalSeq atomic.Uint64
 	started     atomic.Bool
+	live        liveness
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
@@ -395,6 +396,11 @@ func cmpUint(a, b uint64) int {
 	return 0
 }
 
+// electionTimeout is the raft election timeout as a duration.
+func (s *Store) electionTimeout() time.Duration {
+	return time.Duration(s.cfg.ElectionTicks) * s.cfg.TickInterval
+}
+
 // enqueue marks a replica as having work for the scheduler.
 func (s *Store) enqueue(rangeID uint64) {
 	s.workMu.Lock()
@@ -428,10 +434,13 @@ func (s *Store) run() {
 		case <-ticker.C:
 			for _, r := range s.Replicas() {
 				r.mu.Lock()
-				r.raw.Tick()
+				ticked := r.tickLocked()
 				r.mu.Unlock()
-				s.enqueue(r.RangeID)
+				if ticked {
+					s.enqueue(r.RangeID)
+				}
 			}
+			s.transport.pingPeers()
 		case <-s.workCh:
 		}
 		if err := s.processReady(); err != nil {
@@ -692,7 +701,7 @@ func (r *Replica) handleSoftStateLocked(ss *raft.SoftState) {
 // replica. A message for a range this node has no replica of creates an
 // uninitialized replica when it comes from a leader or candidate (see
 // newUninitialized); other messages for unknown ranges are dropped.
-func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message) {
+func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message, quiesce bool) {
 	r := s.Replica(rangeID)
 	if r == nil {
 		switch m.GetType() {
@@ -708,7 +717,13 @@ func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message) {
 	if m.GetFrom() != 0 && fromNode != 0 {
 		r.peerNodes[m.GetFrom()] = fromNode
 	}
+	if wakesQuiesced(m, quiesce) {
+		r.unquiesceLocked()
+	}
 	err := r.raw.Step(m)
+	if err == nil && m.GetType() == raftpb.MsgHeartbeat && quiesce {
+		r.maybeQuiesceFollowerLocked(m)
+	}
 	r.mu.Unlock()
 	if err != nil {
 		s.log.Debug("raft step failed", zap.Uint64("range-id", rangeID), zap.Error(err))

@@ -204,6 +204,24 @@ func (t *Transport) unreachable(nodeID uint64, msgs []*txnproto.RaftMessage) {
 	}
 }
 
+// pingPeers queues an empty batch for every node that shares a range
+// with this one: the per-node-pair liveness signal quiesced followers rely
+// on (see quiesce.go).
+func (t *Transport) pingPeers() {
+	nodes := map[uint64]bool{}
+	for _, r := range t.s.Replicas() {
+		r.mu.Lock()
+		for _, rd := range r.desc.Replicas {
+			nodes[rd.NodeId] = true
+		}
+		r.mu.Unlock()
+	}
+	delete(nodes, t.s.cfg.NodeID)
+	for node := range nodes {
+		t.send(node, nil)
+	}
+}
+
 // errClusterMismatch is returned to peers of another cluster.
 func (t *Transport) checkCluster(clusterID, toNode uint64) error {
 	if clusterID != t.s.cfg.ClusterID {
@@ -231,6 +249,7 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 			return err
 		}
+		t.s.live.record(batch.FromNode)
 		if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
 			t.s.log.Warn("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 		}
@@ -240,7 +259,7 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 				t.s.log.Warn("malformed raft message", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 				continue
 			}
-			t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m)
+			t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce)
 		}
 	}
 }

@@ -773,9 +773,12 @@ func (x *Command) GetClose() *CloseCommand {
 
 // RaftMessage is one raft message (a marshaled raftpb.Message) for a range.
 type RaftMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
-	Message       []byte                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Message []byte                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// quiesce marks the leader's last heartbeat before the range quiesces
+	// (rangeraft/quiesce.go); the raft message itself is a plain heartbeat.
+	Quiesce       bool `protobuf:"varint,3,opt,name=quiesce,proto3" json:"quiesce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -822,6 +825,13 @@ func (x *RaftMessage) GetMessage() []byte {
 		return x.Message
 	}
 	return nil
+}
+
+func (x *RaftMessage) GetQuiesce() bool {
+	if x != nil {
+		return x.Quiesce
+	}
+	return false
 }
 
 // RaftMessageBatch carries every message one node sends another in one
@@ -1792,10 +1802,11 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x03txn\x18\f \x01(\fR\x03txn\x12:\n" +
 	"\acompact\x18\r \x01(\v2 .rangekv.txnproto.CompactCommandR\acompact\x124\n" +
 	"\x05split\x18\x0e \x01(\v2\x1e.rangekv.txnproto.SplitCommandR\x05split\x124\n" +
-	"\x05close\x18\x0f \x01(\v2\x1e.rangekv.txnproto.CloseCommandR\x05close\"B\n" +
+	"\x05close\x18\x0f \x01(\v2\x1e.rangekv.txnproto.CloseCommandR\x05close\"\\\n" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\fR\amessage\"\xc0\x01\n" +
+	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
+	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xc0\x01\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1b\n" +

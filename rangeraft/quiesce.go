@@ -1,0 +1,171 @@
+package rangeraft
+
+import (
+	"sync"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Quiescence (after CockroachDB's replica quiescence): an idle range whose
+// log is fully replicated and applied stops ticking, so it sends no
+// heartbeats and costs nothing. The leader decides: after quiesceAfterTicks
+// idle ticks it sends each follower one last heartbeat marked quiesce
+// and stops ticking; a follower that receives it while
+// caught up with that leader stops ticking too (the mark travels in our
+// RaftMessage envelope; raft sees a plain heartbeat). Anything that needs raft
+// (a proposal, a read, an append, a vote) wakes the replica. Because a
+// quiesced follower no longer counts election ticks, leader failure is
+// detected per node instead: every node pings every peer each tick (one
+// coalesced message per node pair, not per range), and a quiesced follower
+// whose leader's node has been silent for an election timeout wakes up and
+// may campaign.
+
+// quiesceAfterTicks is how many idle ticks a leader waits before
+// quiescing.
+const quiesceAfterTicks = 3
+
+// liveness records when each peer node was last heard from.
+type liveness struct {
+	mu    sync.Mutex
+	heard map[uint64]time.Time
+}
+
+func (l *liveness) record(node uint64) {
+	l.mu.Lock()
+	if l.heard == nil {
+		l.heard = map[uint64]time.Time{}
+	}
+	l.heard[node] = time.Now()
+	l.mu.Unlock()
+}
+
+// silentFor reports how long node has been silent (forever if never
+// heard).
+func (l *liveness) silentFor(node uint64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.heard[node]
+	if !ok {
+		return time.Duration(1<<63 - 1)
+	}
+	return time.Since(t)
+}
+
+// wakesQuiesced reports whether a message must wake a quiesced replica:
+// everything but responses and the quiescing heartbeat itself.
+func wakesQuiesced(m *raftpb.Message, quiesce bool) bool {
+	switch m.GetType() {
+	case raftpb.MsgAppResp, raftpb.MsgHeartbeatResp, raftpb.MsgVoteResp, raftpb.MsgPreVoteResp,
+		raftpb.MsgReadIndexResp, raftpb.MsgSnapStatus, raftpb.MsgUnreachable:
+		return false
+	case raftpb.MsgHeartbeat:
+		return !quiesce
+	}
+	return true
+}
+
+// unquiesceLocked wakes the replica.
+func (r *Replica) unquiesceLocked() {
+	r.quiesced = false
+	r.idleTicks = 0
+}
+
+// tickLocked advances the replica's raft clock unless it is quiesced; a
+// quiesced follower whose leader's node went silent wakes first. It
+// reports whether the replica ticked.
+func (r *Replica) tickLocked() bool {
+	if r.quiesced {
+		lead := r.raw.BasicStatus().Lead
+		if lead == r.replicaID {
+			return false
+		}
+		if node := r.nodeOfReplicaLocked(lead); node != 0 && r.store.live.silentFor(node) < r.store.electionTimeout() {
+			return false
+		}
+		r.unquiesceLocked()
+	}
+	// Decide before ticking: a tick makes the leader heartbeat, and that
+	// plain heartbeat, arriving after the quiescing one, would wake the
+	// followers again.
+	if r.maybeQuiesceLocked(); r.quiesced {
+		return false
+	}
+	r.raw.Tick()
+	return true
+}
+
+// maybeQuiesceLocked quiesces an idle leader: nothing proposed, read or
+// unapplied, no Ready pending, and every follower on a live node has the
+// whole log.
+func (r *Replica) maybeQuiesceLocked() {
+	bs := r.raw.BasicStatus()
+	if bs.RaftState != raft.StateLeader || len(r.proposals) > 0 || len(r.pendingReads) > 0 ||
+		len(r.inflightReads) > 0 || len(r.indexWaiters) > 0 || bs.LeadTransferee != 0 {
+		r.idleTicks = 0
+		return
+	}
+	// The leader's own progress gives raft's last index (Next - 1,
+	// unstable entries included) and what it has persisted (Match).
+	last := bs.GetCommit()
+	caughtUp := r.st.applied.Index == last
+	r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id == r.replicaID {
+			if pr.Next-1 != last || pr.Match != last {
+				caughtUp = false
+			}
+			return
+		}
+		if pr.Match == last {
+			return
+		}
+		// A follower on a silent node does not hold the range awake.
+		if node := r.nodeOfReplicaLocked(id); node != 0 && r.store.live.silentFor(node) >= r.store.electionTimeout() {
+			return
+		}
+		caughtUp = false
+	})
+	if !caughtUp {
+		r.idleTicks = 0
+		return
+	}
+	r.idleTicks++
+	if r.idleTicks < quiesceAfterTicks {
+		return
+	}
+	r.quiesced = true
+	for _, rd := range r.desc.Replicas {
+		if rd.ReplicaId == r.replicaID {
+			continue
+		}
+		m := &raftpb.Message{
+			Type:   raftpb.MsgHeartbeat.Enum(),
+			To:     proto.Uint64(rd.ReplicaId),
+			From:   proto.Uint64(r.replicaID),
+			Term:   proto.Uint64(bs.GetTerm()),
+			Commit: proto.Uint64(last),
+		}
+		data, err := proto.Marshal(m)
+		if err != nil {
+			continue
+		}
+		r.store.transport.send(rd.NodeId, []*txnproto.RaftMessage{{RangeId: r.RangeID, Message: data, Quiesce: true}})
+	}
+}
+
+// maybeQuiesceFollowerLocked quiesces a follower on its leader's
+// quiescing heartbeat.
+func (r *Replica) maybeQuiesceFollowerLocked(m *raftpb.Message) {
+	bs := r.raw.BasicStatus()
+	// The leader quiesces only once this follower has persisted its whole
+	// log; committed entries apply without ticks, so term and leadership
+	// are all that must match.
+	if bs.RaftState == raft.StateFollower && bs.Lead == m.GetFrom() && bs.GetTerm() == m.GetTerm() {
+		r.quiesced = true
+	}
+}
