@@ -36,7 +36,7 @@ const (
 
 // errStaleRange: a request reached a replica whose span no longer holds
 // its keys. Retried after routing again; never returned to clients.
-var errStaleRange = errors.New(staleRangePrefix)
+var errStaleRange = status.Error(codes.Unavailable, staleRangePrefix+": the keys moved to another range; retry")
 
 // kvServer implements etcd's KV service. On the client URLs it routes each
 // request to its range's leader; on the peer URLs (peer=true) it serves
@@ -92,15 +92,17 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() 
 	backoff := time.Millisecond
 	for {
 		r, err := resolve()
-		if err != nil {
+		var res T
+		if err == nil {
+			res, err = local(ctx, r)
+		} else if !errors.Is(err, errStaleRange) {
 			return zero, err
 		}
-		res, err := local(ctx, r)
 		var nl *rangeraft.NotLeaderError
 		stale := errors.Is(err, kvstore.ErrKeyOutsideSpan) || errors.Is(err, errStaleRange)
 		switch {
 		case stale && s.peer:
-			return zero, status.Errorf(codes.Unavailable, "%s: range %d no longer holds the keys", staleRangePrefix, r.RangeID)
+			return zero, status.Errorf(codes.Unavailable, "%s: the range no longer holds the keys", staleRangePrefix)
 		case stale:
 			// A split moved the keys: resolve again.
 		case !errors.As(err, &nl):
@@ -254,31 +256,29 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 	if err := kvstore.ValidateRange(req); err != nil {
 		return nil, err
 	}
-	if !s.peer {
-		rs, err := s.n.spanRanges(userSpan(req.Key, req.RangeEnd))
-		if err != nil {
-			return nil, err
-		}
-		if len(rs) > 1 {
-			return s.multiRange(ctx, req)
-		}
-	}
-	route := s.route(ctx, req.Key)
+	route := s.routeSpans(ctx, req.Key, func(add func(start, end []byte)) { add(userSpan(req.Key, req.RangeEnd)) })
+	var resp *pb.RangeResponse
+	var err error
 	if req.Serializable {
-		r, err := route()
-		if err != nil {
-			return nil, err
+		var r *rangeraft.Replica
+		if r, err = route(); err == nil {
+			resp, err = s.n.readLocal(r, req)
 		}
-		return s.n.readLocal(r, req)
+	} else {
+		resp, err = onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
+			if err := r.ReadIndex(ctx); err != nil {
+				return nil, err
+			}
+			return s.n.readLocal(r, req)
+		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
+			return pb.NewKVClient(cc).Range(ctx, req)
+		})
 	}
-	return onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
-		if err := r.ReadIndex(ctx); err != nil {
-			return nil, err
-		}
-		return s.n.readLocal(r, req)
-	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
-		return pb.NewKVClient(cc).Range(ctx, req)
-	})
+	if errors.Is(err, errSpansRanges) || req.Serializable && errors.Is(err, errStaleRange) {
+		// The keys lie (or, after a split, now lie) in several ranges.
+		return s.multiRange(ctx, req)
+	}
+	return resp, err
 }
 
 // readLocal serves a Range from the local replica's applied state.
@@ -333,10 +333,7 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 	if err := s.checkSize(req); err != nil {
 		return nil, err
 	}
-	if err := s.singleRange(func(add func(start, end []byte)) { add(userSpan(req.Key, req.RangeEnd)) }); err != nil {
-		return nil, err
-	}
-	route := s.route(ctx, req.Key)
+	route := s.routeSpans(ctx, req.Key, func(add func(start, end []byte)) { add(userSpan(req.Key, req.RangeEnd)) })
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -364,10 +361,7 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	if err := s.checkSize(req); err != nil {
 		return nil, err
 	}
-	if err := s.singleRange(func(add func(start, end []byte)) { txnSpans(req, add) }); err != nil {
-		return nil, err
-	}
-	route := s.route(ctx, txnFirstKey(req))
+	route := s.routeSpans(ctx, txnFirstKey(req), func(add func(start, end []byte)) { txnSpans(req, add) })
 	if txnReadOnly(req) {
 		if txnSerializable(req) {
 			r, err := route()

@@ -3,10 +3,12 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -47,12 +49,24 @@ func inSpan(span kvstore.Span, start, end []byte) bool {
 // spanRanges returns the local replicas covering [start, end), in key
 // order (at least the one holding start).
 func (n *Node) spanRanges(start, end []byte) ([]*rangeraft.Replica, error) {
+	// A miss is a split being installed (microseconds); wait it out.
+	deadline := time.Now().Add(time.Second)
+	for {
+		rs, err := n.spanRangesOnce(start, end)
+		if !errors.Is(err, errStaleRange) || time.Now().After(deadline) {
+			return rs, err
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func (n *Node) spanRangesOnce(start, end []byte) ([]*rangeraft.Replica, error) {
 	var out []*rangeraft.Replica
 	k := start
 	for {
 		r := n.store.ReplicaForKey(k)
 		if r == nil {
-			return nil, status.Errorf(codes.Unavailable, "rangekv: no range holds key %q", k)
+			return nil, errStaleRange // a split in progress; see userRange
 		}
 		out = append(out, r)
 		d := r.Descriptor()
@@ -63,40 +77,72 @@ func (n *Node) spanRanges(start, end []byte) ([]*rangeraft.Replica, error) {
 	}
 }
 
-// singleRange refuses a write whose spans (reported through add) touch
-// more than one range: atomic multi-range writes need the transaction
-// protocol, and a write is never half-applied.
-func (s *kvServer) singleRange(spans func(add func(start, end []byte))) error {
+// errSpansRanges is returned by a routeSpans resolver when the request's
+// keys lie in several ranges. Range switches to multiRange; writes refuse
+// with errMultiRangeWrite.
+var errSpansRanges = errors.New("rangekv: the request spans several ranges")
+
+// routeSpans returns the resolver of the single range holding every span
+// a request addresses (reported through spans). It is evaluated afresh on
+// every retry, so a request that a split has made span two ranges stops
+// retrying the old one: the resolver then returns, for a read,
+// errSpansRanges, and for a write, etcd-style Unimplemented naming the
+// ranges (atomic multi-range writes need the transaction protocol; a write
+// is never half-applied). On the peer server the forwarded range is used.
+func (s *kvServer) routeSpans(ctx context.Context, key []byte, spans func(add func(start, end []byte))) func() (*rangeraft.Replica, error) {
 	if s.peer {
-		return nil
+		return s.route(ctx, key)
 	}
-	ids := map[uint64]bool{}
-	var err error
-	spans(func(start, end []byte) {
-		rs, e := s.n.spanRanges(start, end)
-		if e != nil {
-			err = e
-			return
+	return func() (*rangeraft.Replica, error) {
+		ids := map[uint64]bool{}
+		var first *rangeraft.Replica
+		var err error
+		spans(func(start, end []byte) {
+			if err != nil {
+				return
+			}
+			var rs []*rangeraft.Replica
+			if rs, err = s.n.spanRanges(start, end); err != nil {
+				return
+			}
+			for _, r := range rs {
+				ids[r.RangeID] = true
+				if first == nil {
+					first = r
+				}
+			}
+		})
+		if err != nil {
+			return nil, err
 		}
-		for _, r := range rs {
-			ids[r.RangeID] = true
+		if len(ids) <= 1 {
+			if first == nil {
+				return s.n.userRange(key)
+			}
+			return first, nil
 		}
-	})
-	if err != nil {
-		return err
+		return nil, multiRangeErr(ids)
 	}
-	if len(ids) > 1 {
-		list := make([]string, 0, len(ids))
-		for id := range ids {
-			list = append(list, fmt.Sprint(id))
-		}
-		slices.Sort(list)
-		return status.Errorf(codes.Unimplemented,
-			"rangekv: the request touches keys in %d ranges (%s); atomic multi-range transactions and deletes are not supported yet",
-			len(ids), strings.Join(list, ", "))
-	}
-	return nil
 }
+
+// multiRangeErr is errSpansRanges wrapped with the etcd-style refusal
+// writes return.
+func multiRangeErr(ids map[uint64]bool) error {
+	list := make([]string, 0, len(ids))
+	for id := range ids {
+		list = append(list, fmt.Sprint(id))
+	}
+	slices.Sort(list)
+	return &multiRangeError{st: status.Newf(codes.Unimplemented,
+		"rangekv: the request touches keys in %d ranges (%s); atomic multi-range transactions and deletes are not supported yet",
+		len(ids), strings.Join(list, ", "))}
+}
+
+type multiRangeError struct{ st *status.Status }
+
+func (e *multiRangeError) Error() string              { return e.st.Err().Error() }
+func (e *multiRangeError) GRPCStatus() *status.Status { return e.st }
+func (e *multiRangeError) Is(target error) bool       { return target == errSpansRanges }
 
 // txnSpans reports every span a txn's compares and operations (both
 // branches, nested txns included) address.
@@ -120,10 +166,6 @@ func txnSpans(req *pb.TxnRequest, add func(start, end []byte)) {
 	}
 }
 
-// maxMultiRangeAttempts bounds retries of a multi-range read that raced a
-// split.
-const maxMultiRangeAttempts = 5
-
 // multiRange serves a Range over keys of several ranges at one revision T.
 // A serializable read takes the lowest revision every local replica can
 // serve; a linearizable one closes T on every range's leader (closeAcross),
@@ -135,28 +177,40 @@ func (s *kvServer) multiRange(ctx context.Context, req *pb.RangeRequest) (*pb.Ra
 	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
 	defer cancel()
 	start, end := userSpan(req.Key, req.RangeEnd)
-	for attempt := 0; ; attempt++ {
-		rs, err := s.n.spanRanges(start, end)
-		if err != nil {
+	backoff := time.Millisecond
+	for {
+		resp, err := s.multiRangeOnce(ctx, req, start, end)
+		if !errors.Is(err, errStaleRange) {
+			return resp, err
+		}
+		// A split changed the ranges under the read: route again.
+		select {
+		case <-ctx.Done():
+			return nil, rpctypes.ErrGRPCTimeout
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 50*time.Millisecond)
+		}
+	}
+}
+
+func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, start, end []byte) (*pb.RangeResponse, error) {
+	rs, err := s.n.spanRanges(start, end)
+	if err != nil {
+		return nil, err
+	}
+	var t int64
+	if req.Serializable {
+		t = rs[0].ReadableRevision()
+		for _, r := range rs[1:] {
+			t = min(t, r.ReadableRevision())
+		}
+	} else if t, err = s.n.closeAcross(ctx, rs, s.n.clock.Now()); err != nil {
+		if errors.Is(err, errStaleRange) {
 			return nil, err
 		}
-		var t int64
-		if req.Serializable {
-			t = rs[0].ReadableRevision()
-			for _, r := range rs[1:] {
-				t = min(t, r.ReadableRevision())
-			}
-		} else {
-			if t, err = s.n.closeAcross(ctx, rs, s.n.clock.Now()); err != nil {
-				return nil, translateErr(ctx, err)
-			}
-		}
-		resp, err := s.n.readAt(rs, req, t, start, end)
-		if err == errStaleRange && attempt < maxMultiRangeAttempts {
-			continue
-		}
-		return resp, err
+		return nil, translateErr(ctx, err)
 	}
+	return s.n.readAt(rs, req, t, start, end)
 }
 
 // readAt reads req on the ranges rs, which must still tile [start, end),
@@ -245,26 +299,30 @@ func cmpInt(a, b int64) int {
 }
 
 // closeAcross makes every range in rs readable at one revision T >= t and
-// returns T: on each range's leader it confirms leadership and closes T
-// (rangeraft.Replica.Close), so the range has applied every write at or
-// below T and never writes there again; a range already past T raises T
-// and the others close again. It then waits for the local replicas to
-// apply the closes.
+// returns T. Round one runs on each range's leader: it confirms leadership
+// (ReadIndex, so every write acknowledged before this read has applied)
+// and closes t, returning the range's readable revision. T is the largest
+// of those, so it covers every write acknowledged before the read began.
+// Round two closes T on the ranges still below it. Every range then has
+// applied every write at or below T and never writes there again; the
+// local replicas are awaited until they have applied as much.
 func (n *Node) closeAcross(ctx context.Context, rs []*rangeraft.Replica, t int64) (int64, error) {
-	for round := 0; ; round++ {
-		raised := t
-		for _, r := range rs {
-			readable, err := n.closeOnLeader(ctx, r, t)
-			if err != nil {
-				return 0, err
-			}
-			raised = max(raised, readable)
+	readable := make([]int64, len(rs))
+	for i, r := range rs {
+		rev, err := n.closeOnLeader(ctx, r, t)
+		if err != nil {
+			return 0, err
 		}
-		if raised == t || round >= 3 {
-			t = raised
-			break
+		readable[i] = rev
+		t = max(t, rev)
+	}
+	for i, r := range rs {
+		if readable[i] >= t {
+			continue
 		}
-		t = raised
+		if _, err := n.closeOnLeader(ctx, r, t); err != nil {
+			return 0, err
+		}
 	}
 	for _, r := range rs {
 		if err := r.WaitReadable(ctx, t); err != nil {

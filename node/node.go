@@ -19,9 +19,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/hlc"
@@ -314,7 +312,8 @@ func (n *Node) userRange(key []byte) (*rangeraft.Replica, error) {
 	if r := n.store.ReplicaForKey(kvstore.UserSpanKey(key)); r != nil {
 		return r, nil
 	}
-	return nil, status.Errorf(codes.Unavailable, "rangekv: no range holds key %q", key)
+	// User ranges tile the keyspace; a miss is a split in progress.
+	return nil, errStaleRange
 }
 
 func (n *Node) metaRange() *rangeraft.Replica { return n.store.Replica(rangeraft.MetaRangeID) }

@@ -513,11 +513,24 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	for _, p := range pubs {
 		r.feed.Publish(p.rev, p.events)
 	}
+	// Install right-hand replicas before the left one narrows, so that
+	// routing always finds a range for every key.
+	if len(splits) > 0 {
+		isLeader := r.Status().IsLeader
+		for _, rhs := range splits {
+			r.store.addReplica(rhs, isLeader)
+			r.log.Info("split range", zap.Uint64("right-range-id", rhs.RangeId),
+				zap.Binary("split-key", rhs.StartKey), zap.Uint64("generation", rhs.Generation))
+		}
+	}
 	r.mu.Lock()
 	r.st.applied = applied
 	r.desc = desc
 	close(r.appliedc)
 	r.appliedc = make(chan struct{})
+	if len(splits) > 0 {
+		defer r.feed.Poke()
+	}
 	if trunc != nil {
 		r.st.truncated = trunc
 	}
@@ -529,14 +542,6 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	}
 	r.releaseReadersLocked()
 	r.mu.Unlock()
-	if len(splits) > 0 {
-		r.feed.Poke()
-	}
-	for _, rhs := range splits {
-		r.store.addReplica(rhs, r.Status().IsLeader)
-		r.log.Info("split range", zap.Uint64("right-range-id", rhs.RangeId),
-			zap.Binary("split-key", rhs.StartKey), zap.Uint64("generation", rhs.Generation))
-	}
 	if compactTo > 0 {
 		// The channel holds one target; replace a queued older one so the
 		// compactor always finds the newest when it is next free.
