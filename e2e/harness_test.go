@@ -25,8 +25,9 @@ import (
 
 // Paths of the binaries TestMain builds.
 var (
-	rangekvBin string
-	etcdctlBin string
+	rangekvBin    string
+	etcdctlBin    string
+	rangekvctlBin string
 )
 
 // Time limits. They are generous because CI runs this package next to
@@ -42,8 +43,8 @@ func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
 }
 
-// runTests builds bin/rangekv and etcdctl into a temporary directory, runs
-// the tests and removes the directory.
+// runTests builds bin/rangekv, etcdctl and bin/rangekvctl into a temporary
+// directory, runs the tests and removes the directory.
 func runTests(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "e2e-bin-")
 	if err != nil {
@@ -58,9 +59,11 @@ func runTests(m *testing.M) int {
 	}
 	rangekvBin = filepath.Join(dir, "rangekv")
 	etcdctlBin = filepath.Join(dir, "etcdctl")
+	rangekvctlBin = filepath.Join(dir, "rangekvctl")
 	for _, b := range [][]string{
 		{"-o", rangekvBin, "./cmd/rangekv"},
 		{"-o", etcdctlBin, "go.etcd.io/etcd/etcdctl/v3"},
+		{"-o", rangekvctlBin, "./cmd/rangekvctl"},
 	} {
 		cmd := exec.Command("go", append([]string{"build"}, b...)...)
 		cmd.Dir = root
@@ -358,8 +361,9 @@ func (c *cluster) endpoints(idx ...int) string {
 	return strings.Join(eps, ",")
 }
 
-// ctlResult is the outcome of one etcdctl run.
+// ctlResult is the outcome of one etcdctl (or rangekvctl) run.
 type ctlResult struct {
+	prog   string // program name for messages; empty means etcdctl
 	args   []string
 	stdout string
 	stderr string
@@ -374,7 +378,11 @@ func (r ctlResult) errLine() string {
 }
 
 func (r ctlResult) String() string {
-	return fmt.Sprintf("etcdctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
+	prog := r.prog
+	if prog == "" {
+		prog = "etcdctl"
+	}
+	return fmt.Sprintf("%s %s: exit %d\nstdout:\n%s\nstderr:\n%s", prog, strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
 }
 
 // etcdctl runs etcdctl with --endpoints and args, feeding it stdin, and
@@ -402,6 +410,47 @@ func etcdctl(t testing.TB, endpoints, stdin string, args ...string) ctlResult {
 		t.Fatalf("run etcdctl: %v", err)
 	}
 	return res
+}
+
+// rangekvctl runs bin/rangekvctl with --endpoints and args and returns its
+// output and exit code. It fails the test only if rangekvctl cannot be run
+// or does not finish within commandTimeout.
+func rangekvctl(t testing.TB, endpoints string, args ...string) ctlResult {
+	t.Helper()
+	args = append([]string{"--endpoints", endpoints}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, rangekvctlBin, args...)
+	cmd.Env = cleanEnv()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := ctlResult{prog: "rangekvctl", args: args, stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		t.Fatalf("rangekvctl %s did not finish within %v", strings.Join(args, " "), commandTimeout)
+	case errors.As(err, &ee):
+		res.code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("run rangekvctl: %v", err)
+	}
+	return res
+}
+
+// rctlOn runs rangekvctl against node i only.
+func (c *cluster) rctlOn(i int, args ...string) ctlResult {
+	c.t.Helper()
+	return rangekvctl(c.t, c.endpoints(i), args...)
+}
+
+// mustRctlOn runs rangekvctl against node i, requires exit code 0 and
+// returns stdout.
+func (c *cluster) mustRctlOn(i int, args ...string) string {
+	c.t.Helper()
+	res := c.rctlOn(i, args...)
+	require.Zero(c.t, res.code, "%s", res)
+	return res.stdout
 }
 
 // ctl runs etcdctl against every node of the cluster.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/rangekv/rangekv/hlc"
 	"github.com/rangekv/rangekv/kvstore"
 	"github.com/rangekv/rangekv/rangeraft"
 	"github.com/rangekv/rangekv/txnproto"
@@ -269,6 +270,9 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 			if err := r.ReadIndex(ctx); err != nil {
 				return nil, err
 			}
+			if err := s.n.closeForRead(ctx, r, req.Revision); err != nil {
+				return nil, err
+			}
 			return s.n.readLocal(r, req)
 		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
 			return pb.NewKVClient(cc).Range(ctx, req)
@@ -279,6 +283,27 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 		return s.multiRange(ctx, req)
 	}
 	return resp, err
+}
+
+// closeForRead lets the leader r serve a read at rev when rev is above the
+// range's readable revision but is a revision the cluster may have
+// issued (another range's write): it closes rev on the range first. A
+// revision beyond this node's clock plus --max-clock-offset is a future
+// revision, as in etcd.
+func (n *Node) closeForRead(ctx context.Context, r *rangeraft.Replica, rev int64) error {
+	if rev <= 0 || rev <= r.ReadableRevision() {
+		return nil
+	}
+	if rev > n.maxIssuedRevision() {
+		return rpctypes.ErrGRPCFutureRev
+	}
+	return r.Close(ctx, rev)
+}
+
+// maxIssuedRevision bounds the revisions any node may have issued: this
+// node's clock plus the maximum clock offset.
+func (n *Node) maxIssuedRevision() int64 {
+	return n.clock.Now() + n.cfg.MaxClockOffset.Milliseconds()<<hlc.LogicalBits
 }
 
 // readLocal serves a Range from the local replica's applied state.

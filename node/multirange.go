@@ -204,13 +204,24 @@ func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, sta
 		for _, r := range rs[1:] {
 			t = min(t, r.ReadableRevision())
 		}
-	} else if t, err = s.n.closeAcross(ctx, rs, s.n.clock.Now()); err != nil {
+	} else if t, err = s.n.closeAcross(ctx, rs, s.readTarget(req)); err != nil {
 		if errors.Is(err, errStaleRange) {
 			return nil, err
 		}
 		return nil, translateErr(ctx, err)
 	}
 	return s.n.readAt(rs, req, t, start, end)
+}
+
+// readTarget is the revision a linearizable multi-range read closes at:
+// now, or the requested revision when it is later but still one the
+// cluster may have issued.
+func (s *kvServer) readTarget(req *pb.RangeRequest) int64 {
+	t := s.n.clock.Now()
+	if req.Revision > t && req.Revision <= s.n.maxIssuedRevision() {
+		t = req.Revision
+	}
+	return t
 }
 
 // readAt reads req on the ranges rs, which must still tile [start, end),

@@ -139,16 +139,21 @@ func (r *Replica) maybeQuiesceLocked() {
 		return
 	}
 	r.quiesced = true
+	match := map[uint64]uint64{}
+	r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) { match[id] = pr.Match })
 	for _, rd := range r.desc.Replicas {
 		if rd.ReplicaId == r.replicaID {
 			continue
 		}
+		// As raft's own heartbeats: never a commit index beyond what the
+		// follower is known to hold (a follower on a silent node may be
+		// behind, and a commit past its log is fatal to it).
 		m := &raftpb.Message{
 			Type:   raftpb.MsgHeartbeat.Enum(),
 			To:     proto.Uint64(rd.ReplicaId),
 			From:   proto.Uint64(r.replicaID),
 			Term:   proto.Uint64(bs.GetTerm()),
-			Commit: proto.Uint64(last),
+			Commit: proto.Uint64(min(match[rd.ReplicaId], last)),
 		}
 		data, err := proto.Marshal(m)
 		if err != nil {
