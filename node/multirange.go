@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -281,11 +282,11 @@ func sortKVs(resp *pb.RangeResponse, req *pb.RangeRequest) {
 		var c int
 		switch req.SortTarget {
 		case pb.RangeRequest_VERSION:
-			c = cmpInt(a.Version, b.Version)
+			c = cmp.Compare(a.Version, b.Version)
 		case pb.RangeRequest_CREATE:
-			c = cmpInt(a.CreateRevision, b.CreateRevision)
+			c = cmp.Compare(a.CreateRevision, b.CreateRevision)
 		case pb.RangeRequest_MOD:
-			c = cmpInt(a.ModRevision, b.ModRevision)
+			c = cmp.Compare(a.ModRevision, b.ModRevision)
 		case pb.RangeRequest_VALUE:
 			c = bytes.Compare(a.Value, b.Value)
 		default:
@@ -297,16 +298,6 @@ func sortKVs(resp *pb.RangeResponse, req *pb.RangeRequest) {
 		return c < 0
 	}
 	sort.SliceStable(resp.Kvs, less)
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // closeAcross makes every range in rs readable at one revision T >= t and

@@ -1,6 +1,7 @@
 package rangeraft
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -71,7 +72,7 @@ func MetaRangeKey(endKey []byte) []byte { return append([]byte("range/"), endKey
 // every founding node.
 func Bootstrap(eng *kvstore.Engine, ident *txnproto.NodeIdent) error {
 	members := slices.Clone(ident.InitialMembers)
-	slices.SortFunc(members, func(a, b *txnproto.Member) int { return cmpUint(a.Id, b.Id) })
+	slices.SortFunc(members, func(a, b *txnproto.Member) int { return cmp.Compare(a.Id, b.Id) })
 	var replicas []*txnproto.ReplicaDescriptor
 	for i, m := range members {
 		replicas = append(replicas, &txnproto.ReplicaDescriptor{NodeId: m.Id, ReplicaId: uint64(i + 1)})

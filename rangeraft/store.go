@@ -6,6 +6,7 @@
 package rangeraft
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -295,7 +296,7 @@ func (s *Store) Replicas() []*Replica {
 		out = append(out, r)
 	}
 	s.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Replica) int { return cmpUint(a.RangeID, b.RangeID) })
+	slices.SortFunc(out, func(a, b *Replica) int { return cmp.Compare(a.RangeID, b.RangeID) })
 	return out
 }
 
@@ -385,16 +386,6 @@ func (s *Store) ReplicaForKey(spanKey []byte) *Replica {
 // Transport returns the store's raft transport, for registering its gRPC
 // service.
 func (s *Store) Transport() *Transport { return s.transport }
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 // electionTimeout is the raft election timeout as a duration.
 func (s *Store) electionTimeout() time.Duration {
