@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"cmp"
+	"maps"
 	"context"
 	"errors"
 	"fmt"
@@ -129,11 +130,11 @@ func (s *kvServer) routeSpans(ctx context.Context, key []byte, spans func(add fu
 // multiRangeErr is errSpansRanges wrapped with the etcd-style refusal
 // writes return.
 func multiRangeErr(ids map[uint64]bool) error {
-	list := make([]string, 0, len(ids))
-	for id := range ids {
+	sorted := slices.Sorted(maps.Keys(ids))
+	list := make([]string, 0, len(sorted))
+	for _, id := range sorted {
 		list = append(list, fmt.Sprint(id))
 	}
-	slices.Sort(list)
 	return &multiRangeError{st: status.Newf(codes.Unimplemented,
 		"rangekv: the request touches keys in %d ranges (%s); atomic multi-range transactions and deletes are not supported yet",
 		len(ids), strings.Join(list, ", "))}
