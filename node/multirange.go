@@ -3,10 +3,10 @@ package node
 import (
 	"bytes"
 	"cmp"
-	"maps"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
