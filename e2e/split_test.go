@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"sort"
@@ -940,32 +938,6 @@ func TestSplitUnderLoad(t *testing.T) {
 			return p == "", p
 		})
 	}
-}
-
-// startRangekvctl starts rangekvctl in the background; it is SIGKILLed and
-// waited for when the test ends.
-func startRangekvctl(t testing.TB, endpoints string, args ...string) *bgProcess {
-	t.Helper()
-	args = append([]string{"--endpoints", endpoints}, args...)
-	p := &bgProcess{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(rangekvctlBin, args...)
-	p.cmd.Env = cleanEnv()
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	setProcessAttrs(p.cmd)
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		err := p.cmd.Wait()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			p.code = ee.ExitCode()
-		}
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	})
-	return p
 }
 
 // writeLog records puts whose outcome the test knows (acknowledged) and

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 )
 
 // Engine key layout. Every key in the node's single Pebble engine starts
@@ -164,7 +163,6 @@ const (
 	suffixTruncated   = 't'
 	suffixApplied     = 'a'
 	suffixLog         = 'l'
-	suffixCompaction  = 'c'
 	suffixStats       = 's'
 	rangeLocalKeyBase = 2 + 8
 )
@@ -175,11 +173,6 @@ func RangeLocalPrefix(rangeID uint64) []byte {
 	k := make([]byte, 0, rangeLocalKeyBase+9)
 	k = append(k, nsLocal, 'r')
 	return binary.BigEndian.AppendUint64(k, rangeID)
-}
-
-// RangeLocalEnd returns the end of RangeLocalPrefix(rangeID)'s key span.
-func RangeLocalEnd(rangeID uint64) []byte {
-	return RangeLocalPrefix(rangeID + 1)
 }
 
 func rangeLocalKey(rangeID uint64, suffix byte) []byte {
@@ -211,9 +204,6 @@ func RangeDescriptorKeySpan() (start, end []byte) {
 	return replicaDescPrefix, []byte{nsLocal, 'd' + 1}
 }
 
-// RangeCompactionKey holds the range's compacted revision.
-func RangeCompactionKey(rangeID uint64) []byte { return rangeLocalKey(rangeID, suffixCompaction) }
-
 // RangeStatsKey holds the range's MVCC statistics.
 func RangeStatsKey(rangeID uint64) []byte { return rangeLocalKey(rangeID, suffixStats) }
 
@@ -223,20 +213,4 @@ func RaftLogPrefix(rangeID uint64) []byte { return rangeLocalKey(rangeID, suffix
 // RaftLogKey is the key of the log entry at index.
 func RaftLogKey(rangeID, index uint64) []byte {
 	return binary.BigEndian.AppendUint64(RaftLogPrefix(rangeID), index)
-}
-
-// DecodeRaftLogIndex returns the index encoded in a RaftLogKey.
-func DecodeRaftLogIndex(k []byte) (uint64, error) {
-	if len(k) != rangeLocalKeyBase+1+8 || k[0] != nsLocal || k[1] != 'r' || k[rangeLocalKeyBase] != suffixLog {
-		return 0, fmt.Errorf("kvstore: malformed raft log key %x", k)
-	}
-	return binary.BigEndian.Uint64(k[rangeLocalKeyBase+1:]), nil
-}
-
-// RangeIDFromLocalKey returns the range ID of a per-range local key.
-func RangeIDFromLocalKey(k []byte) (uint64, bool) {
-	if len(k) < rangeLocalKeyBase || k[0] != nsLocal || k[1] != 'r' {
-		return 0, false
-	}
-	return binary.BigEndian.Uint64(k[2:rangeLocalKeyBase]), true
 }

@@ -21,6 +21,15 @@ func (s *Stats) Add(d Stats) {
 	s.Versions += d.Versions
 }
 
+// Sub subtracts d from s field by field (the part of a range a split gave
+// away).
+func (s *Stats) Sub(d Stats) {
+	s.LiveKeys -= d.LiveKeys
+	s.LiveBytes -= d.LiveBytes
+	s.TotalBytes -= d.TotalBytes
+	s.Versions -= d.Versions
+}
+
 // EncodeStats appends the encoding of s to dst: a format byte (0x01) then
 // LiveKeys, LiveBytes, TotalBytes, Versions as zig-zag varints.
 func EncodeStats(dst []byte, s Stats) []byte {

@@ -1,6 +1,7 @@
 package kvstore
 
 import (
+	"cmp"
 	"bytes"
 	"fmt"
 
@@ -234,13 +235,13 @@ func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
 	case pb.Compare_VALUE:
 		res = bytes.Compare(kv.Value, c.GetValue())
 	case pb.Compare_CREATE:
-		res = cmpInt64(kv.CreateRevision, c.GetCreateRevision())
+		res = cmp.Compare(kv.CreateRevision, c.GetCreateRevision())
 	case pb.Compare_MOD:
-		res = cmpInt64(kv.ModRevision, c.GetModRevision())
+		res = cmp.Compare(kv.ModRevision, c.GetModRevision())
 	case pb.Compare_VERSION:
-		res = cmpInt64(kv.Version, c.GetVersion())
+		res = cmp.Compare(kv.Version, c.GetVersion())
 	case pb.Compare_LEASE:
-		res = cmpInt64(kv.Lease, c.GetLease())
+		res = cmp.Compare(kv.Lease, c.GetLease())
 	}
 	switch c.GetResult() {
 	case pb.Compare_EQUAL:
@@ -253,16 +254,6 @@ func compareKV(c *pb.Compare, kv *mvccpb.KeyValue) bool {
 		return res < 0
 	}
 	return true
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // checkTxn validates the chosen branch against the state before the txn

@@ -138,7 +138,7 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() 
 func forward[T proto.Message](ctx context.Context, n *Node, rangeID, node uint64,
 	call func(context.Context, grpc.ClientConnInterface) (T, error)) (T, error) {
 	var zero T
-	conn, err := n.peerConn(node)
+	conn, err := n.store.Transport().Conn(node)
 	if err != nil {
 		return zero, status.Errorf(codes.Unavailable, "%s: cannot reach node %x: %v", notLeaderPrefix, node, err)
 	}
@@ -247,7 +247,7 @@ func (s *kvServer) checkSize(m proto.Message) error {
 
 // propose replicates one etcd write on r and returns the applier's result.
 func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
-	r.RecordRequest(kvstore.UserSpanKey(key))
+	r.RecordRequest(key)
 	return r.Propose(ctx, cmd)
 }
 
@@ -308,7 +308,7 @@ func (n *Node) maxIssuedRevision() int64 {
 
 // readLocal serves a Range from the local replica's applied state.
 func (n *Node) readLocal(r *rangeraft.Replica, req *pb.RangeRequest) (*pb.RangeResponse, error) {
-	r.RecordRequest(kvstore.UserSpanKey(req.Key))
+	r.RecordRequest(req.Key)
 	view := r.NewReadView()
 	defer view.Close()
 	if r.Keyspace() == kvstore.UserKeys {

@@ -71,11 +71,11 @@ func (n *Node) spanRangesOnce(start, end []byte) ([]*rangeraft.Replica, error) {
 			return nil, errStaleRange // a split in progress; see userRange
 		}
 		out = append(out, r)
-		d := r.Descriptor()
-		if bytes.Compare(end, d.EndKey) <= 0 || bytes.Compare(d.EndKey, kvstore.UserSpanEnd) >= 0 {
+		_, rangeEnd := r.Span()
+		if bytes.Compare(end, rangeEnd) <= 0 || bytes.Compare(rangeEnd, kvstore.UserSpanEnd) >= 0 {
 			return out, nil
 		}
-		k = d.EndKey
+		k = rangeEnd
 	}
 }
 

@@ -19,7 +19,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/hlc"
@@ -51,9 +50,6 @@ type Node struct {
 	listeners    []net.Listener
 	httpServers  []func()
 
-	peersMu   sync.Mutex
-	peerConns map[uint64]*grpc.ClientConn
-
 	reqTimeout time.Duration
 	stopOnce   sync.Once
 	stopc      chan struct{}
@@ -70,11 +66,10 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:       cfg,
-		log:       lg,
-		peerConns: map[uint64]*grpc.ClientConn{},
-		stopc:     make(chan struct{}),
-		done:      make(chan struct{}),
+		cfg:   cfg,
+		log:   lg,
+		stopc: make(chan struct{}),
+		done:  make(chan struct{}),
 		// etcd's request timeout: 5s plus two election timeouts.
 		reqTimeout: 5*time.Second + 2*cfg.ElectionTimeout,
 		reg:        prometheus.NewRegistry(),
@@ -185,11 +180,6 @@ func (n *Node) closeAll() {
 		n.store.Stop()
 	}
 	n.wg.Wait()
-	n.peersMu.Lock()
-	for _, c := range n.peerConns {
-		c.Close()
-	}
-	n.peersMu.Unlock()
 	if n.eng != nil {
 		if err := n.eng.Close(); err != nil {
 			n.log.Warn("closing engine", zap.Error(err))
@@ -281,27 +271,6 @@ func (n *Node) resolvePeer(nodeID uint64) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("unknown node %x", nodeID)
-}
-
-// peerConn returns a shared client connection to a node's peer URL.
-func (n *Node) peerConn(nodeID uint64) (*grpc.ClientConn, error) {
-	n.peersMu.Lock()
-	defer n.peersMu.Unlock()
-	if c, ok := n.peerConns[nodeID]; ok {
-		return c, nil
-	}
-	addr, err := n.resolvePeer(nodeID)
-	if err != nil {
-		return nil, err
-	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(rangeraft.PeerConnectParams),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes), grpc.MaxCallSendMsgSize(maxResponseBytes)))
-	if err != nil {
-		return nil, err
-	}
-	n.peerConns[nodeID] = c
-	return c, nil
 }
 
 // maxResponseBytes bounds responses (etcd allows math.MaxInt32 on receive).

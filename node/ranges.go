@@ -126,7 +126,7 @@ func (n *Node) splitAt(ctx context.Context, key []byte) (left, right *rangeraft.
 	if err != nil {
 		return nil, nil, err
 	}
-	if bytes.Equal(r.Descriptor().StartKey, splitKey) {
+	if start, _ := r.Span(); bytes.Equal(start, splitKey) {
 		return nil, nil, status.Errorf(codes.FailedPrecondition, "rangekv: %q is already the start of range %d", key, r.RangeID)
 	}
 	newID, err := n.allocRangeID(ctx)

@@ -1,7 +1,6 @@
 package rangeraft
 
 import (
-	"context"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -106,24 +105,6 @@ func (f *Feed) Last() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.last
-}
-
-// WaitRevision blocks until a revision >= rev has been published (or the
-// window reset past it), or ctx ends.
-func (f *Feed) WaitRevision(ctx context.Context, rev int64) error {
-	for {
-		f.mu.Lock()
-		last, wait := f.last, f.notify
-		f.mu.Unlock()
-		if last >= rev {
-			return nil
-		}
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 // Poke wakes every waiting reader without publishing: the range's span

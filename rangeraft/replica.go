@@ -466,10 +466,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 				desc = cmd.Split.Left
 				span = kvstore.Span{Start: desc.StartKey, End: desc.EndKey}
 				splits = append(splits, cmd.Split.Right)
-				delta.LiveKeys -= rhsStats.LiveKeys
-				delta.LiveBytes -= rhsStats.LiveBytes
-				delta.TotalBytes -= rhsStats.TotalBytes
-				delta.Versions -= rhsStats.Versions
+				delta.Sub(rhsStats)
 			}
 		default:
 			res.Err = fmt.Errorf("range %d: empty command at index %d", r.RangeID, e.GetIndex())
@@ -483,7 +480,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 			applied.Revision = rev
 			res.Revision = rev
 			pubs = append(pubs, published{rev: rev, events: wb.Events})
-			addStats(&delta, wb.Delta)
+			delta.Add(wb.Delta)
 		} else {
 			// As in etcd, the revision advances only on change: a command
 			// that changed nothing (a failed compare without writes, a
@@ -495,7 +492,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		}
 	}
 	r.mu.Lock()
-	addStats(&r.stats, delta)
+	r.stats.Add(delta)
 	stats := r.stats
 	r.mu.Unlock()
 	if err := setProto(b, kvstore.RangeAppliedStateKey(r.RangeID), applied); err != nil {
@@ -693,7 +690,7 @@ func (r *Replica) runCompactor(stop <-chan struct{}) {
 		}
 		err := kvstore.Compact(r.store.db, span, target, func(d kvstore.Stats) {
 			r.mu.Lock()
-			addStats(&r.stats, d)
+			r.stats.Add(d)
 			r.mu.Unlock()
 		})
 		if err != nil {
@@ -707,13 +704,6 @@ func (r *Replica) runCompactor(stop <-chan struct{}) {
 		r.mu.Unlock()
 		r.log.Info("finished scheduled compaction", zap.Int64("compact-revision", target))
 	}
-}
-
-func addStats(dst *kvstore.Stats, d kvstore.Stats) {
-	dst.LiveKeys += d.LiveKeys
-	dst.LiveBytes += d.LiveBytes
-	dst.TotalBytes += d.TotalBytes
-	dst.Versions += d.Versions
 }
 
 // ProposeSplit splits the range at splitKey (a span key strictly inside the
@@ -786,6 +776,15 @@ func (r *Replica) WaitReadable(ctx context.Context, rev int64) error {
 	}
 }
 
+// Span returns the range's current span keys [start, end). The slices
+// are shared and must not be modified (descriptors are replaced, never
+// mutated).
+func (r *Replica) Span() (start, end []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.desc.StartKey, r.desc.EndKey
+}
+
 // Covers reports whether the range's span contains [start, end) (span
 // keys).
 func (r *Replica) Covers(start, end []byte) bool {
@@ -794,13 +793,15 @@ func (r *Replica) Covers(start, end []byte) bool {
 	return string(start) >= string(r.desc.StartKey) && string(end) <= string(r.desc.EndKey)
 }
 
-// RecordRequest counts one request on key (a span key) served by this
-// replica, for load-based splits and `rangekvctl range list`; one request
-// in loadSampleEvery has its key sampled.
+// RecordRequest counts one request on key (a key of the range's keyspace,
+// without the namespace byte) served by this replica, for load-based
+// splits and `rangekvctl range list`; one request in loadSampleEvery has
+// its key sampled, stored as a span key.
 func (r *Replica) RecordRequest(key []byte) {
 	if n := r.requests.Add(1); n%loadSampleEvery == 0 {
 		r.sampleMu.Lock()
-		r.samples[r.sampleNext%len(r.samples)] = append(r.samples[r.sampleNext%len(r.samples)][:0], key...)
+		slot := &r.samples[r.sampleNext%len(r.samples)]
+		*slot = append(append((*slot)[:0], byte(r.keyspace)), key...)
 		r.sampleNext++
 		r.sampleMu.Unlock()
 	}
@@ -833,7 +834,7 @@ func (r *Replica) LoadSplitKey() []byte {
 		}
 		mid = keys[i]
 	}
-	if string(mid) <= string(r.Descriptor().StartKey) {
+	if start, _ := r.Span(); string(mid) <= string(start) {
 		return nil
 	}
 	return []byte(mid)

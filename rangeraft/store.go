@@ -8,6 +8,7 @@ package rangeraft
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -65,6 +66,9 @@ type Store struct {
 	// keys never change (a split keeps the left start), so the order only
 	// changes when a replica is added.
 	byStart []*Replica
+	// peers are the other nodes holding replicas of this node's ranges,
+	// kept with byStart (the liveness pings go to them every tick).
+	peers []uint64
 
 	workMu sync.Mutex
 	work   map[uint64]struct{}
@@ -288,6 +292,16 @@ func (s *Store) Replica(rangeID uint64) *Replica {
 	return s.replicas[rangeID]
 }
 
+// replicaList appends every replica, in no particular order, to dst.
+func (s *Store) replicaList(dst []*Replica) []*Replica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, r := range s.replicas {
+		dst = append(dst, r)
+	}
+	return dst
+}
+
 // Replicas returns every replica, ordered by range ID.
 func (s *Store) Replicas() []*Replica {
 	s.mu.RLock()
@@ -349,11 +363,20 @@ func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
 
 func (s *Store) rebuildIndexLocked() {
 	s.byStart = s.byStart[:0]
+	peers := map[uint64]bool{}
 	for _, r := range s.replicas {
 		if len(r.startKey) > 0 {
 			s.byStart = append(s.byStart, r)
 		}
+		r.mu.Lock()
+		for _, rd := range r.desc.Replicas {
+			if rd.NodeId != s.cfg.NodeID {
+				peers[rd.NodeId] = true
+			}
+		}
+		r.mu.Unlock()
 	}
+	s.peers = slices.Sorted(maps.Keys(peers))
 	slices.SortFunc(s.byStart, func(a, b *Replica) int {
 		return strings.Compare(string(a.startKey), string(b.startKey))
 	})
@@ -416,6 +439,7 @@ func (s *Store) takeWork() []uint64 {
 
 func (s *Store) run() {
 	defer close(s.donec)
+	var ticking []*Replica // reused every tick
 	ticker := time.NewTicker(s.cfg.TickInterval)
 	defer ticker.Stop()
 	for {
@@ -423,7 +447,8 @@ func (s *Store) run() {
 		case <-s.stopc:
 			return
 		case <-ticker.C:
-			for _, r := range s.Replicas() {
+			ticking = s.replicaList(ticking[:0])
+			for _, r := range ticking {
 				r.mu.Lock()
 				ticked := r.tickLocked()
 				r.mu.Unlock()

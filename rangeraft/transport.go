@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 
@@ -92,7 +93,7 @@ func (t *Transport) peer(nodeID uint64) (*peer, error) {
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(PeerConnectParams),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)))
 	if err != nil {
 		return nil, err
 	}
@@ -100,6 +101,17 @@ func (t *Transport) peer(nodeID uint64) (*peer, error) {
 	t.peers[nodeID] = p
 	go t.runPeer(p)
 	return p, nil
+}
+
+// Conn returns the gRPC connection to a node's peer URL, dialing it on
+// first use. Raft traffic, snapshots and requests forwarded to a range's
+// leader all share it.
+func (t *Transport) Conn(nodeID uint64) (*grpc.ClientConn, error) {
+	p, err := t.peer(nodeID)
+	if err != nil {
+		return nil, err
+	}
+	return p.conn, nil
 }
 
 // send queues msgs for nodeID without blocking.
@@ -208,16 +220,10 @@ func (t *Transport) unreachable(nodeID uint64, msgs []*txnproto.RaftMessage) {
 // with this one: the per-node-pair liveness signal quiesced followers rely
 // on (see quiesce.go).
 func (t *Transport) pingPeers() {
-	nodes := map[uint64]bool{}
-	for _, r := range t.s.Replicas() {
-		r.mu.Lock()
-		for _, rd := range r.desc.Replicas {
-			nodes[rd.NodeId] = true
-		}
-		r.mu.Unlock()
-	}
-	delete(nodes, t.s.cfg.NodeID)
-	for node := range nodes {
+	t.s.mu.RLock()
+	peers := t.s.peers
+	t.s.mu.RUnlock()
+	for _, node := range peers {
 		t.send(node, nil)
 	}
 }
