@@ -97,7 +97,36 @@ func (r *Replica) tickLocked() bool {
 		return false
 	}
 	r.raw.Tick()
+	r.maybeRecampaignLocked()
 	return true
+}
+
+// splitCampaignTicks is how many ticks a right-hand replica started by a
+// split on the left-hand leader's node keeps campaigning.
+//
+// Its first campaign reaches the other nodes before their left-hand
+// replicas applied the split, so uninitialized replicas answer it, and a
+// split applied there a moment later replaces such a replica before its
+// answer went out. Without a new campaign the range would wait a whole
+// randomized election timeout (one to two seconds) for a leader, and so
+// would every request that raced the split.
+const splitCampaignTicks = 5
+
+// maybeRecampaignLocked campaigns again while the replica is within its
+// split campaign window and not yet leader (or following one).
+func (r *Replica) maybeRecampaignLocked() {
+	if r.campaignTicks == 0 {
+		return
+	}
+	r.campaignTicks--
+	bs := r.raw.BasicStatus()
+	if bs.Lead != raft.None {
+		r.campaignTicks = 0
+		return
+	}
+	if bs.RaftState == raft.StatePreCandidate || bs.RaftState == raft.StateCandidate {
+		_ = r.raw.Campaign()
+	}
 }
 
 // maybeQuiesceLocked quiesces an idle leader: nothing proposed, read or

@@ -105,6 +105,10 @@ type Replica struct {
 	// leader's idle ticks towards quiescing.
 	quiesced  bool
 	idleTicks int
+	// campaignTicks counts down the ticks during which a right-hand
+	// replica that campaigned at its split campaigns again on every tick
+	// until it leads (see splitCampaignTicks).
+	campaignTicks int
 	// destroyed marks a replica object the store replaced (an
 	// uninitialized replica a split initialized); the scheduler skips it.
 	destroyed bool

@@ -349,6 +349,7 @@ func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
 	if campaign {
 		r.mu.Lock()
 		_ = r.raw.Campaign()
+		r.campaignTicks = splitCampaignTicks
 		r.mu.Unlock()
 	}
 	if s.started.Load() {
