@@ -17,6 +17,7 @@ import (
 
 	"github.com/rangekv/rangekv/hlc"
 	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/placement"
 	"github.com/rangekv/rangekv/rangeraft"
 	"github.com/rangekv/rangekv/txnproto"
 )
@@ -113,6 +114,10 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() 
 		case nl.LeaderNode != 0 && nl.LeaderNode != s.n.id:
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
+				// Outside a gRPC handler (internal callers) this fails
+				// harmlessly.
+				_ = grpc.SetHeader(ctx, metadata.Pairs(placement.RouteHintHeader, placement.FormatRouteHint(placement.RouteHint{
+					RangeID: r.RangeID, Generation: r.Descriptor().Generation, LeaderNode: nl.LeaderNode})))
 				waitLocalApply(ctx, r, res)
 				return res, nil
 			}

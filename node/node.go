@@ -112,10 +112,11 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		return nil, err
 	}
 	store.Start()
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.watchFatal()
 	go n.publishMember()
 	go n.runSplitQueue()
+	go n.runDirectoryRepair()
 	ok = true
 	lg.Info("rangekv node started",
 		zap.String("name", cfg.Name),

@@ -115,7 +115,8 @@ func (s *rangesServer) SplitRange(ctx context.Context, req *txnproto.SplitRangeR
 // splitAt splits the local range holding key so that a new range starts at
 // key. The new range ID comes from the meta range, the split goes through
 // the range's raft log on its leader (forwarded when this node does not
-// lead), and the meta range's descriptors are updated after it applied.
+// lead), and the meta range's descriptors are updated after it applied
+// (see writeDirectory and runDirectoryRepair).
 // It returns this node's replicas of both sides.
 func (n *Node) splitAt(ctx context.Context, key []byte) (left, right *rangeraft.Replica, err error) {
 	ctx, cancel := context.WithTimeout(ctx, n.reqTimeout)
@@ -158,11 +159,12 @@ func (n *Node) splitAt(ctx context.Context, key []byte) (left, right *rangeraft.
 		}
 	}
 	left = n.store.Replica(r.RangeID)
-	if err := n.recordDescriptors(ctx, left.Descriptor(), right.Descriptor()); err != nil {
+	if err := n.writeDirectory(ctx, left.Descriptor(), right.Descriptor()); err != nil {
+		// The leaders' directory repair records them later.
 		n.log.Warn("recording split descriptors in the meta range", zap.Error(err))
 	}
 	n.log.Info("split range", zap.Uint64("range-id", left.RangeID),
-		zap.Uint64("right-range-id", right.RangeID), zap.ByteString("split-key", key))
+		zap.Uint64("right-range-id", right.RangeID), zap.String("split-key", strconv.Quote(string(key))))
 	return left, right, nil
 }
 
@@ -214,18 +216,8 @@ var metaRangeIDKey = []byte("range-id-last")
 // allocRangeID hands out a range ID never used before, with a
 // compare-and-swap on a counter in the meta range.
 func (n *Node) allocRangeID(ctx context.Context) (uint64, error) {
-	s := &kvServer{n: n}
-	meta := func() (*rangeraft.Replica, error) { return n.metaRange(), nil }
 	for {
-		get := &pb.RangeRequest{Key: metaRangeIDKey}
-		cur, err := onLeader(ctx, s, meta, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
-			if err := r.ReadIndex(ctx); err != nil {
-				return nil, err
-			}
-			return n.readLocal(r, get)
-		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
-			return pb.NewKVClient(cc).Range(ctx, get)
-		})
+		cur, err := n.metaRead(ctx, &pb.RangeRequest{Key: metaRangeIDKey})
 		if err != nil {
 			return 0, err
 		}
@@ -251,23 +243,6 @@ func (n *Node) allocRangeID(ctx context.Context) (uint64, error) {
 			return next, nil
 		}
 	}
-}
-
-// recordDescriptors writes range descriptors into the meta range, keyed by
-// end key. Until cross-range transactions exist this follows the split
-// rather than committing with it; routing reads replicas' own descriptors.
-func (n *Node) recordDescriptors(ctx context.Context, descs ...*txnproto.RangeDescriptor) error {
-	txn := &pb.TxnRequest{}
-	for _, d := range descs {
-		data, err := proto.Marshal(d)
-		if err != nil {
-			return err
-		}
-		txn.Success = append(txn.Success, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{
-			Key: rangeraft.MetaRangeKey(d.EndKey), Value: data}}})
-	}
-	_, err := n.metaTxn(ctx, txn)
-	return err
 }
 
 // metaTxn runs a write txn on the meta range's leader.
