@@ -1,8 +1,8 @@
 package kvstore
 
 import (
-	"cmp"
 	"bytes"
+	"cmp"
 	"fmt"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"

@@ -50,6 +50,9 @@ type Config struct {
 	RangeSplitQPS float64
 	// MaxClockOffset bounds accepted HLC skew between nodes.
 	MaxClockOffset time.Duration
+	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
+	// URLs (etcd --enable-pprof).
+	EnablePprof bool
 	// WatchProgressNotifyInterval is the period of progress notifications
 	// to watchers that asked for them.
 	WatchProgressNotifyInterval time.Duration

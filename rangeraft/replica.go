@@ -526,6 +526,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	}
 	r.mu.Lock()
 	r.st.applied = applied
+	r.st.cacheTrim(applied.Index)
 	r.desc = desc
 	close(r.appliedc)
 	r.appliedc = make(chan struct{})

@@ -20,7 +20,9 @@ import (
 //
 // Invariants: truncated.Index < firstIndex() <= lastIndex+1; the log holds
 // exactly the entries (truncated.Index, lastIndex]; applied.Index >=
-// truncated.Index.
+// truncated.Index. The entry cache, when not empty, holds the persisted
+// entries [cache[0].Index, lastIndex] exactly as written, so reads in that
+// window never touch the engine.
 type raftStorage struct {
 	db      *pebble.DB
 	rangeID uint64
@@ -31,6 +33,69 @@ type raftStorage struct {
 	lastIndex uint64
 	lastTerm  uint64
 	applied   *txnproto.AppliedState
+
+	// cache holds the log's unapplied tail (see cacheAppend), contiguous
+	// and ending at lastIndex. Committed entries are read back as soon as
+	// they commit, one pass after they were written; without the cache
+	// every replica with work would seek the engine every pass.
+	// (CockroachDB's raftentry.Cache does the same.)
+	cache []*raftpb.Entry
+}
+
+// cacheAppend records entries just persisted (ents follow or replace part
+// of the cached tail) and must be called with the new lastIndex already
+// set. Entries are shared with raft, which never modifies them.
+func (s *raftStorage) cacheAppend(ents []*raftpb.Entry) {
+	if len(ents) == 0 {
+		return
+	}
+	first := ents[0].GetIndex()
+	if len(s.cache) > 0 && first >= s.cache[0].GetIndex() && first <= s.cache[len(s.cache)-1].GetIndex()+1 {
+		s.cache = append(s.cache[:first-s.cache[0].GetIndex()], ents...)
+	} else {
+		s.cache = append(s.cache[:0], ents...)
+	}
+	if last := s.cache[len(s.cache)-1].GetIndex(); last != s.lastIndex {
+		// Not the log's tail (cannot happen when called as documented):
+		// keep nothing rather than something wrong.
+		s.cache = s.cache[:0]
+	}
+}
+
+// cacheTrim drops cached entries at or below index (applied, or replaced
+// by a snapshot); a follower that lags reads them from the engine.
+func (s *raftStorage) cacheTrim(index uint64) {
+	if len(s.cache) == 0 || s.cache[0].GetIndex() > index {
+		return
+	}
+	if index >= s.cache[len(s.cache)-1].GetIndex() {
+		clear(s.cache)
+		s.cache = s.cache[:0]
+		return
+	}
+	n := index - s.cache[0].GetIndex() + 1
+	clear(s.cache[:n])
+	s.cache = s.cache[n:]
+}
+
+// cachedEntries returns entries [lo, hi) capped at maxSize bytes (at least
+// one) from the cache, and false when the cache does not hold lo.
+func (s *raftStorage) cachedEntries(lo, hi, maxSize uint64) ([]*raftpb.Entry, bool) {
+	if len(s.cache) == 0 || lo < s.cache[0].GetIndex() || hi > s.lastIndex+1 || lo >= hi {
+		return nil, false
+	}
+	off := s.cache[0].GetIndex()
+	ents := s.cache[lo-off : hi-off]
+	var size uint64
+	for i, e := range ents {
+		size += uint64(proto.Size(e))
+		if i > 0 && size > maxSize {
+			ents = ents[:i]
+			break
+		}
+	}
+	// Full slice expression: raft may append to what it gets.
+	return ents[:len(ents):len(ents)], true
 }
 
 // loadRaftStorage reads a replica's raft state from the engine.
@@ -91,6 +156,9 @@ func (s *raftStorage) Entries(lo, hi, maxSize uint64) ([]*raftpb.Entry, error) {
 	if hi > s.lastIndex+1 {
 		return nil, fmt.Errorf("range %d: entries [%d,%d) beyond last index %d", s.rangeID, lo, hi, s.lastIndex)
 	}
+	if ents, ok := s.cachedEntries(lo, hi, maxSize); ok {
+		return ents, nil
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{
 		LowerBound: kvstore.RaftLogKey(s.rangeID, lo),
 		UpperBound: kvstore.RaftLogKey(s.rangeID, hi),
@@ -134,6 +202,8 @@ func (s *raftStorage) Term(i uint64) (uint64, error) {
 		return 0, raft.ErrUnavailable
 	case i == s.lastIndex:
 		return s.lastTerm, nil
+	case len(s.cache) > 0 && i >= s.cache[0].GetIndex():
+		return s.cache[i-s.cache[0].GetIndex()].GetTerm(), nil
 	}
 	v, closer, err := s.db.Get(kvstore.RaftLogKey(s.rangeID, i))
 	if errors.Is(err, pebble.ErrNotFound) {

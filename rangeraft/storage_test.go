@@ -112,3 +112,85 @@ func TestRaftStorageCorruptEntry(t *testing.T) {
 	_, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
 	require.ErrorContains(t, err, "corrupt log entry")
 }
+
+// TestRaftStorageEntryCache checks that the entry cache answers exactly
+// as the engine does: across appends, a conflicting suffix, size limits,
+// trims at the applied index, and reads that fall below the cache.
+func TestRaftStorageEntryCache(t *testing.T) {
+	eng := openEngine(t)
+	const rangeID = 9
+	b := eng.DB.NewBatch()
+	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
+	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
+	require.NoError(t, b.Commit(pebble.Sync))
+	s, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	require.NoError(t, err)
+
+	appendAndCache := func(ents ...*raftpb.Entry) {
+		t.Helper()
+		b := eng.DB.NewBatch()
+		li, lt, err := s.appendEntries(b, s.lastIndex, ents)
+		require.NoError(t, err)
+		require.NoError(t, b.Commit(pebble.Sync))
+		s.lastIndex, s.lastTerm = li, lt
+		s.cacheAppend(ents)
+	}
+	// check compares every [lo, hi) read, with several size limits, with
+	// the same read with the cache emptied.
+	check := func() {
+		t.Helper()
+		saved := s.cache
+		for lo := uint64(11); lo <= s.lastIndex; lo++ {
+			for hi := lo + 1; hi <= s.lastIndex+1; hi++ {
+				for _, max := range []uint64{0, 8, 1 << 20} {
+					s.cache = saved
+					got, err1 := s.Entries(lo, hi, max)
+					gotTerm, errT1 := s.Term(lo)
+					s.cache = nil
+					want, err2 := s.Entries(lo, hi, max)
+					wantTerm, errT2 := s.Term(lo)
+					require.Equal(t, err2, err1, "[%d,%d) max %d", lo, hi, max)
+					require.Equal(t, len(want), len(got), "[%d,%d) max %d", lo, hi, max)
+					for i := range want {
+						require.True(t, proto.Equal(want[i], got[i]), "[%d,%d) entry %d", lo, hi, i)
+					}
+					require.Equal(t, errT2, errT1)
+					require.Equal(t, wantTerm, gotTerm, "term %d", lo)
+				}
+			}
+		}
+		s.cache = saved
+	}
+
+	appendAndCache(ent(11, 5), ent(12, 5), ent(13, 5))
+	require.Len(t, s.cache, 3)
+	check()
+	appendAndCache(ent(14, 6), ent(15, 6))
+	require.Len(t, s.cache, 5)
+	check()
+	// A new leader overwrites a conflicting suffix.
+	appendAndCache(ent(13, 7), ent(14, 7))
+	require.Equal(t, uint64(14), s.lastIndex)
+	require.Len(t, s.cache, 4)
+	check()
+	// Entries applied leave the cache; reads below it use the engine.
+	s.cacheTrim(12)
+	require.Len(t, s.cache, 2)
+	require.Equal(t, uint64(13), s.cache[0].GetIndex())
+	check()
+	// Appending to the cached tail keeps it contiguous.
+	appendAndCache(ent(15, 7))
+	check()
+	s.cacheTrim(15)
+	require.Empty(t, s.cache)
+	check()
+	appendAndCache(ent(16, 7))
+	require.Len(t, s.cache, 1)
+	check()
+	// Whatever raft appends to a returned slice must not reach the cache.
+	got, err := s.Entries(16, 17, 1<<20)
+	require.NoError(t, err)
+	_ = append(got, ent(99, 9))
+	require.Len(t, s.cache, 1)
+	require.Equal(t, uint64(16), s.cache[0].GetIndex())
+}

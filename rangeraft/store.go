@@ -550,6 +550,10 @@ func (s *Store) processReady() error {
 			r.staged = nil
 		}
 		r.st.lastIndex, r.st.lastTerm = it.lastIndex, it.lastTerm
+		if it.snap != nil {
+			r.st.cacheTrim(^uint64(0))
+		}
+		r.st.cacheAppend(it.rd.Entries)
 		if !raft.IsEmptyHardState(it.rd.HardState) {
 			r.st.hardState = it.rd.HardState
 		}

@@ -36,6 +36,7 @@ const (
 	flagRangeMaxBytes               = "range-max-bytes"
 	flagRangeSplitQPS               = "range-split-qps"
 	flagWatchProgressNotifyInterval = "watch-progress-notify-interval"
+	flagEnablePprof                 = "enable-pprof"
 	flagLogger                      = "logger"
 	flagLogLevel                    = "log-level"
 	flagLogOutputs                  = "log-outputs"
@@ -55,6 +56,7 @@ type options struct {
 	initialCluster           *clusterValue
 	initialClusterState      *choiceValue
 	initialClusterToken      string
+	enablePprof              bool
 
 	heartbeatMs     uint
 	electionMs      uint
@@ -110,6 +112,9 @@ func newOptions() *options {
 	fs.Var(o.initialCluster, flagInitialCluster, `Founding members as comma-separated name=peerURL pairs; a name repeats for several URLs (default "${name}=${initial-advertise-peer-urls}").`)
 	fs.Var(o.initialClusterState, flagInitialClusterState, `"new" to bootstrap a cluster, "existing" to join one; ignored once the node has data.`)
 	fs.StringVar(&o.initialClusterToken, flagInitialClusterToken, d.InitialClusterToken, "Token unique to this cluster; keeps separate clusters from merging by mistake.")
+
+	// Profiling.
+	fs.BoolVar(&o.enablePprof, flagEnablePprof, false, `Serve Go runtime profiles over HTTP at the client URLs + "/debug/pprof/".`)
 
 	// Logging.
 	fs.Var(o.logger, flagLogger, `Logger implementation; only "zap" is supported.`)
@@ -240,6 +245,7 @@ func resolve(o *options, environ []string) (settings, error) {
 	cfg.RangeMaxBytes = o.rangeMaxBytes
 	cfg.RangeSplitQPS = o.rangeSplitQPS
 	cfg.MaxClockOffset = o.maxClockOffset
+	cfg.EnablePprof = o.enablePprof
 	cfg.WatchProgressNotifyInterval = o.watchProgress
 
 	if err := cfg.Validate(); err != nil {
