@@ -591,6 +591,34 @@ func TestManualSplits(t *testing.T) {
 		c.requireScans("k", want)
 	})
 
+	t.Run("MultiRangeReadOnlyTxn", func(t *testing.T) {
+		c := c.on(t)
+		// Compares and gets on both sides of k150, through every node:
+		// served at one revision (etcdctl's txn is linearizable).
+		for i := range c.nodes {
+			txn := fmt.Sprintf("value(\"k010\") = %q\nvalue(\"k160\") = %q\n\nget k010\nget k160\n\nget k020\n\n", model["k010"], model["k160"])
+			res := etcdctl(t, c.endpoints(i), txn, "txn")
+			require.Zero(t, res.code, "%s", res)
+			require.Equal(t, "SUCCESS\n\nk010\n"+model["k010"]+"\n\nk160\n"+model["k160"]+"\n", res.stdout, "node %d", i)
+
+			txn = fmt.Sprintf("value(\"k010\") = %q\nvalue(\"k160\") = \"nope\"\n\nget k010\n\nget k020\nget k170\n\n", model["k010"])
+			res = etcdctl(t, c.endpoints(i), txn, "txn")
+			require.Zero(t, res.code, "%s", res)
+			require.Equal(t, "FAILURE\n\nk020\n"+model["k020"]+"\n\nk170\n"+model["k170"]+"\n", res.stdout, "node %d", i)
+		}
+		// Serializable (every read serializable), through clientv3.
+		cli := newClient(t, strings.Split(c.endpoints(1), ",")...)
+		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+		defer cancel()
+		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("k160"), "=", model["k160"])).
+			Then(clientv3.OpGet("k010", clientv3.WithSerializable()), clientv3.OpGet("k", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())).
+			Commit()
+		require.NoError(t, err)
+		require.True(t, resp.Succeeded)
+		require.Equal(t, model["k010"], string(resp.Responses[0].GetResponseRange().Kvs[0].Value))
+		require.Equal(t, int64(len(want)), resp.Responses[1].GetResponseRange().Count)
+	})
+
 	t.Run("SingleRangeWrites", func(t *testing.T) {
 		c := c.on(t)
 		txn := fmt.Sprintf("value(\"k120\") = %q\n\nput k121 txnval\nget k120\n\nput k122 failed\n\n", model["k120"])

@@ -47,6 +47,11 @@ type kvServer struct {
 	pb.UnimplementedKVServer
 	n    *Node
 	peer bool
+	// routeHints: this is the client-facing server, which tells clients
+	// when it forwarded their request (placement.RouteHintHeader).
+	// Internal callers (meta reads, closes, splits) leave it unset, so a
+	// hint always names the range of the client's own request.
+	routeHints bool
 }
 
 // header builds an etcd response header for this node.
@@ -114,10 +119,10 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() 
 		case nl.LeaderNode != 0 && nl.LeaderNode != s.n.id:
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
-				// Outside a gRPC handler (internal callers) this fails
-				// harmlessly.
-				_ = grpc.SetHeader(ctx, metadata.Pairs(placement.RouteHintHeader, placement.FormatRouteHint(placement.RouteHint{
-					RangeID: r.RangeID, Generation: r.Descriptor().Generation, LeaderNode: nl.LeaderNode})))
+				if s.routeHints {
+					_ = grpc.SetHeader(ctx, metadata.Pairs(placement.RouteHintHeader, placement.FormatRouteHint(placement.RouteHint{
+						RangeID: r.RangeID, Generation: r.Descriptor().Generation, LeaderNode: nl.LeaderNode})))
+				}
 				waitLocalApply(ctx, r, res)
 				return res, nil
 			}
@@ -392,22 +397,29 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 		return nil, err
 	}
 	route := s.routeSpans(ctx, txnFirstKey(req), func(add func(start, end []byte)) { txnSpans(req, add) })
-	if txnReadOnly(req) {
-		if txnSerializable(req) {
-			r, err := route()
-			if err != nil {
-				return nil, err
+	if placement.TxnReadOnly(req) {
+		var resp *pb.TxnResponse
+		var err error
+		if placement.TxnSerializable(req) {
+			var r *rangeraft.Replica
+			if r, err = route(); err == nil {
+				resp, err = s.n.txnLocal(r, req)
 			}
-			return s.n.txnLocal(r, req)
+		} else {
+			resp, err = onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
+				if err := r.ReadIndex(ctx); err != nil {
+					return nil, err
+				}
+				return s.n.txnLocal(r, req)
+			}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
+				return pb.NewKVClient(cc).Txn(ctx, req)
+			})
 		}
-		return onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
-			if err := r.ReadIndex(ctx); err != nil {
-				return nil, err
-			}
-			return s.n.txnLocal(r, req)
-		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
-			return pb.NewKVClient(cc).Txn(ctx, req)
-		})
+		if !s.peer && (errors.Is(err, errSpansRanges) || errors.Is(err, errStaleRange)) {
+			// The keys lie (or, after a split, now lie) in several ranges.
+			return s.multiRangeTxn(ctx, req)
+		}
+		return resp, err
 	}
 	data, err := proto.Marshal(req)
 	if err != nil {
@@ -557,45 +569,6 @@ func txnFirstKey(req *pb.TxnRequest) []byte {
 		}
 	}
 	return nil
-}
-
-// txnReadOnly reports whether no branch of req writes (etcd's
-// isTxnReadonly).
-func txnReadOnly(req *pb.TxnRequest) bool {
-	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
-		for _, op := range ops {
-			switch v := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-			case *pb.RequestOp_RequestTxn:
-				if !txnReadOnly(v.RequestTxn) {
-					return false
-				}
-			default:
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// txnSerializable reports whether every range in req is serializable
-// (etcd's isTxnSerializable).
-func txnSerializable(req *pb.TxnRequest) bool {
-	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
-		for _, op := range ops {
-			switch v := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-				if !v.RequestRange.Serializable {
-					return false
-				}
-			case *pb.RequestOp_RequestTxn:
-				if !txnSerializable(v.RequestTxn) {
-					return false
-				}
-			}
-		}
-	}
-	return true
 }
 
 // rangeStreamChunkKVs and rangeStreamChunkBytes bound one RangeStream

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/placement"
 	"github.com/rangekv/rangekv/rangeraft"
 	"github.com/rangekv/rangekv/txnproto"
 )
@@ -147,25 +148,9 @@ func (e *multiRangeError) GRPCStatus() *status.Status { return e.st }
 func (e *multiRangeError) Is(target error) bool       { return target == errSpansRanges }
 
 // txnSpans reports every span a txn's compares and operations (both
-// branches, nested txns included) address.
+// branches, nested txns included) address, as span keys.
 func txnSpans(req *pb.TxnRequest, add func(start, end []byte)) {
-	for _, c := range req.Compare {
-		add(userSpan(c.Key, c.RangeEnd))
-	}
-	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
-		for _, op := range ops {
-			switch v := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-				add(userSpan(v.RequestRange.Key, v.RequestRange.RangeEnd))
-			case *pb.RequestOp_RequestPut:
-				add(userSpan(v.RequestPut.Key, nil))
-			case *pb.RequestOp_RequestDeleteRange:
-				add(userSpan(v.RequestDeleteRange.Key, v.RequestDeleteRange.RangeEnd))
-			case *pb.RequestOp_RequestTxn:
-				txnSpans(v.RequestTxn, add)
-			}
-		}
-	}
+	placement.TxnKeys(req, func(key, rangeEnd []byte) { add(userSpan(key, rangeEnd)) })
 }
 
 // multiRange serves a Range over keys of several ranges at one revision T.
@@ -176,19 +161,28 @@ func txnSpans(req *pb.TxnRequest, add func(start, end []byte)) {
 // computes them: kvs in key order (or the requested sort), count summed,
 // limit and more over the whole result.
 func (s *kvServer) multiRange(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
-	defer cancel()
 	start, end := userSpan(req.Key, req.RangeEnd)
+	return retryStale(ctx, s.n.reqTimeout, func(ctx context.Context) (*pb.RangeResponse, error) {
+		return s.multiRangeOnce(ctx, req, start, end)
+	})
+}
+
+// retryStale runs once until it returns anything but errStaleRange (a
+// split changed the ranges under a multi-range read: route again), within
+// timeout.
+func retryStale[T any](ctx context.Context, timeout time.Duration, once func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	backoff := time.Millisecond
 	for {
-		resp, err := s.multiRangeOnce(ctx, req, start, end)
+		resp, err := once(ctx)
 		if !errors.Is(err, errStaleRange) {
 			return resp, err
 		}
-		// A split changed the ranges under the read: route again.
 		select {
 		case <-ctx.Done():
-			return nil, rpctypes.ErrGRPCTimeout
+			var zero T
+			return zero, rpctypes.ErrGRPCTimeout
 		case <-time.After(backoff):
 			backoff = min(2*backoff, 50*time.Millisecond)
 		}
@@ -368,4 +362,78 @@ func closeLocal(ctx context.Context, r *rangeraft.Replica, t int64) (*txnproto.C
 		}
 	}
 	return &txnproto.CloseRangeResponse{ReadableRevision: r.ReadableRevision()}, nil
+}
+
+// multiRangeTxn serves a read-only Txn whose keys lie in several ranges at
+// one revision T, chosen as multiRange chooses it (the lowest revision
+// every local replica can serve for a serializable txn, a close across
+// the ranges' leaders otherwise). At T every range has applied all its
+// writes at or below T and will never write there again, and all ranges
+// share this node's engine, so the compares and reads run over the union
+// of their spans in one pass, exactly as a one-range txn runs: etcd's
+// answer, read at one revision.
+func (s *kvServer) multiRangeTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	return retryStale(ctx, s.n.reqTimeout, func(ctx context.Context) (*pb.TxnResponse, error) {
+		return s.multiRangeTxnOnce(ctx, req)
+	})
+}
+
+func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	seen := map[uint64]bool{}
+	var rs []*rangeraft.Replica
+	var span kvstore.Span
+	var err error
+	txnSpans(req, func(start, end []byte) {
+		if err != nil {
+			return
+		}
+		var got []*rangeraft.Replica
+		if got, err = s.n.spanRanges(start, end); err != nil {
+			return
+		}
+		for _, r := range got {
+			if !seen[r.RangeID] {
+				seen[r.RangeID] = true
+				rs = append(rs, r)
+			}
+			rstart, rend := r.Span()
+			if span.Start == nil || bytes.Compare(rstart, span.Start) < 0 {
+				span.Start = rstart
+			}
+			if bytes.Compare(rend, span.End) > 0 {
+				span.End = rend
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	var t int64
+	if placement.TxnSerializable(req) {
+		t = rs[0].ReadableRevision()
+		for _, r := range rs[1:] {
+			t = min(t, r.ReadableRevision())
+		}
+	} else if t, err = s.n.closeAcross(ctx, rs, s.n.clock.Now()); err != nil {
+		if errors.Is(err, errStaleRange) {
+			return nil, err
+		}
+		return nil, translateErr(ctx, err)
+	}
+	var compacted int64
+	for _, r := range rs {
+		view := r.NewReadView()
+		compacted = max(compacted, view.CompactRevision)
+		view.Close()
+	}
+	b := s.n.eng.DB.NewIndexedBatch()
+	defer b.Close()
+	wb := &kvstore.WriteBatch{Batch: b, Rev: t, Keyspace: kvstore.UserKeys, Span: span, CompactRev: compacted}
+	resp, err := kvstore.ApplyTxn(wb, req)
+	if err != nil {
+		return nil, err
+	}
+	resp.Header = s.n.header(t, 0)
+	fillTxnHeaders(resp, resp.Header)
+	return resp, nil
 }

@@ -65,7 +65,7 @@ func (n *Node) serve() error {
 		grpc.MaxConcurrentStreams(math.MaxUint32),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: false}),
 	)
-	pb.RegisterKVServer(n.clientServer, &kvServer{n: n})
+	pb.RegisterKVServer(n.clientServer, &kvServer{n: n, routeHints: true})
 	pb.RegisterWatchServer(n.clientServer, newWatchServer(n))
 	pb.RegisterClusterServer(n.clientServer, &clusterServer{n: n})
 	txnproto.RegisterRangesServer(n.clientServer, &rangesServer{n: n})

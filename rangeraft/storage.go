@@ -98,24 +98,28 @@ func (s *raftStorage) cachedEntries(lo, hi, maxSize uint64) ([]*raftpb.Entry, bo
 	return ents[:len(ents):len(ents)], true
 }
 
-// loadRaftStorage reads a replica's raft state from the engine.
-func loadRaftStorage(db *pebble.DB, rangeID uint64, conf *raftpb.ConfState) (*raftStorage, error) {
+// loadRaftStorage reads a replica's raft state from from, a consistent
+// view of db (a snapshot, or db itself when nothing can write the range
+// meanwhile): separate reads of a live engine could see half of a split
+// that commits between them, such as an applied index above the commit
+// index, which raft refuses with a panic. Later reads go to db.
+func loadRaftStorage(db *pebble.DB, from pebble.Reader, rangeID uint64, conf *raftpb.ConfState) (*raftStorage, error) {
 	s := &raftStorage{db: db, rangeID: rangeID, confState: conf}
 	s.hardState = &raftpb.HardState{}
-	if err := getProto(db, kvstore.RaftHardStateKey(rangeID), s.hardState); err != nil {
+	if err := getProto(from, kvstore.RaftHardStateKey(rangeID), s.hardState); err != nil {
 		return nil, fmt.Errorf("range %d: hard state: %w", rangeID, err)
 	}
 	s.truncated = &txnproto.TruncatedState{}
-	if err := getProto(db, kvstore.RaftTruncatedStateKey(rangeID), s.truncated); err != nil {
+	if err := getProto(from, kvstore.RaftTruncatedStateKey(rangeID), s.truncated); err != nil {
 		return nil, fmt.Errorf("range %d: truncated state: %w", rangeID, err)
 	}
 	s.applied = &txnproto.AppliedState{}
-	if err := getProto(db, kvstore.RangeAppliedStateKey(rangeID), s.applied); err != nil {
+	if err := getProto(from, kvstore.RangeAppliedStateKey(rangeID), s.applied); err != nil {
 		return nil, fmt.Errorf("range %d: applied state: %w", rangeID, err)
 	}
 	s.lastIndex, s.lastTerm = s.truncated.Index, s.truncated.Term
 	// Find the last log entry.
-	it, err := db.NewIter(&pebble.IterOptions{
+	it, err := from.NewIter(&pebble.IterOptions{
 		LowerBound: kvstore.RaftLogPrefix(rangeID),
 		UpperBound: kvstore.RaftLogKey(rangeID, ^uint64(0)),
 	})

@@ -37,7 +37,7 @@ func TestRaftStorageAppendConflictAndReload(t *testing.T) {
 	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
 	require.NoError(t, b.Commit(pebble.Sync))
 
-	s, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	s, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
 	require.NoError(t, err)
 	first, _ := s.FirstIndex()
 	last, _ := s.LastIndex()
@@ -77,7 +77,7 @@ func TestRaftStorageAppendConflictAndReload(t *testing.T) {
 	require.Len(t, ents, 1)
 
 	// Reload: the stale entries 14 and 15 are gone.
-	s2, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	s2, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
 	require.NoError(t, err)
 	require.Equal(t, uint64(13), s2.lastIndex)
 	require.Equal(t, uint64(7), s2.lastTerm)
@@ -96,7 +96,7 @@ func TestRaftStorageRejectsMissingLog(t *testing.T) {
 	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
 	require.NoError(t, setProto(b, kvstore.RaftHardStateKey(rangeID), &raftpb.HardState{Term: proto.Uint64(6), Commit: proto.Uint64(20)}))
 	require.NoError(t, b.Commit(pebble.Sync))
-	_, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	_, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
 	require.ErrorContains(t, err, "missing entries")
 }
 
@@ -109,7 +109,7 @@ func TestRaftStorageCorruptEntry(t *testing.T) {
 	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
 	require.NoError(t, b.Set(kvstore.RaftLogKey(rangeID, 11), []byte{0xff, 0xff, 0xff}, nil))
 	require.NoError(t, b.Commit(pebble.Sync))
-	_, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	_, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
 	require.ErrorContains(t, err, "corrupt log entry")
 }
 
@@ -123,7 +123,7 @@ func TestRaftStorageEntryCache(t *testing.T) {
 	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
 	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
 	require.NoError(t, b.Commit(pebble.Sync))
-	s, err := loadRaftStorage(eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	s, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
 	require.NoError(t, err)
 
 	appendAndCache := func(ents ...*raftpb.Entry) {

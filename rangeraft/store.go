@@ -129,13 +129,15 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 }
 
 func (s *Store) loadReplica(desc *txnproto.RangeDescriptor) (*Replica, error) {
-	return s.loadReplicaAs(desc, 0)
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	return s.loadReplicaAs(snap, desc, 0)
 }
 
-// loadReplicaAs loads a replica from the engine. An uninitialized replica
-// (desc has no span; see newUninitialized) takes replicaID from the
-// caller.
-func (s *Store) loadReplicaAs(desc *txnproto.RangeDescriptor, replicaID uint64) (*Replica, error) {
+// loadReplicaAs loads a replica from from, a consistent view of the
+// engine (see loadRaftStorage). An uninitialized replica (desc has no
+// span; see newUninitialized) takes replicaID from the caller.
+func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor, replicaID uint64) (*Replica, error) {
 	cs := &raftpb.ConfState{}
 	for _, rd := range desc.Replicas {
 		if rd.NodeId == s.cfg.NodeID {
@@ -150,12 +152,12 @@ func (s *Store) loadReplicaAs(desc *txnproto.RangeDescriptor, replicaID uint64) 
 	if replicaID == 0 {
 		return nil, fmt.Errorf("range %d: descriptor has no replica on node %x", desc.RangeId, s.cfg.NodeID)
 	}
-	st, err := loadRaftStorage(s.db, desc.RangeId, cs)
+	st, err := loadRaftStorage(s.db, from, desc.RangeId, cs)
 	if err != nil {
 		return nil, err
 	}
 	stats := kvstore.Stats{}
-	if v, closer, err := s.db.Get(kvstore.RangeStatsKey(desc.RangeId)); err == nil {
+	if v, closer, err := from.Get(kvstore.RangeStatsKey(desc.RangeId)); err == nil {
 		stats, err = kvstore.DecodeStats(v)
 		closer.Close()
 		if err != nil {
@@ -769,13 +771,17 @@ func (s *Store) newUninitialized(rangeID, replicaID uint64) *Replica {
 	if r, ok := s.replicas[rangeID]; ok {
 		return r
 	}
-	if _, closer, err := s.db.Get(kvstore.RangeDescriptorKey(rangeID)); err == nil {
+	// One snapshot for the check and the load: a split applying on the
+	// scheduler goroutine meanwhile is either wholly in it or not at all.
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	if _, closer, err := snap.Get(kvstore.RangeDescriptorKey(rangeID)); err == nil {
 		// A split created the range here a moment ago and is about to
 		// install it; drop the message rather than race it.
 		closer.Close()
 		return nil
 	}
-	r, err := s.loadReplicaAs(&txnproto.RangeDescriptor{RangeId: rangeID}, replicaID)
+	r, err := s.loadReplicaAs(snap, &txnproto.RangeDescriptor{RangeId: rangeID}, replicaID)
 	if err != nil {
 		s.log.Warn("creating uninitialized replica", zap.Uint64("range-id", rangeID), zap.Error(err))
 		return nil
