@@ -134,6 +134,9 @@ type node struct {
 	peerURL   string
 	args      []string // flags passed to bin/rangekv
 	logPath   string   // stdout and stderr of every run, appended
+	// failpoints is the address of the node's gofail HTTP endpoint
+	// (GOFAIL_HTTP), through which tests enable failpoints at run time.
+	failpoints string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -171,14 +174,15 @@ func startCluster(t testing.TB, n int, extraFlags ...string) *cluster {
 func newCluster(t testing.TB, n int, extraFlags ...string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	ports := freePorts(t, 2*n)
+	ports := freePorts(t, 3*n)
 	c := &cluster{t: t}
 	var initial []string
 	for i := range n {
 		nd := &node{
-			name:      "default",
-			clientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
-			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
+			name:       "default",
+			clientURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[3*i]),
+			peerURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+1]),
+			failpoints: fmt.Sprintf("127.0.0.1:%d", ports[3*i+2]),
 		}
 		if n > 1 {
 			nd.name = fmt.Sprintf("infra%d", i+1)
@@ -243,7 +247,7 @@ func (nd *node) start(t testing.TB) {
 	require.NoError(t, err)
 	fmt.Fprintf(f, "=== e2e: %s starting %s %s\n", time.Now().Format(time.RFC3339Nano), rangekvBin, strings.Join(nd.args, " "))
 	cmd := exec.Command(rangekvBin, nd.args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = append(cleanEnv(), "GOFAIL_HTTP="+nd.failpoints)
 	cmd.Stdout = f
 	cmd.Stderr = f
 	setProcessAttrs(cmd)
@@ -306,6 +310,19 @@ func (nd *node) waitReady(t testing.TB) {
 		}
 		time.Sleep(pollInterval)
 	}
+}
+
+// enableFailpoint sets a gofail failpoint of the running node to terms
+// (e.g. `sleep("1m")`); it stays set until the process exits.
+func (nd *node) enableFailpoint(t testing.TB, name, terms string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, "http://"+nd.failpoints+"/"+name, strings.NewReader(terms))
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNoContent, resp.StatusCode, "enabling failpoint %s on %s: %s", name, nd.name, body)
 }
 
 // endpoint is the node's client address as etcdctl and clientv3 take it.

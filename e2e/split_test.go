@@ -1060,15 +1060,6 @@ func TestSplitKillNode(t *testing.T) {
 		log.put(all, fmt.Sprintf("f%03d", i), fmt.Sprintf("v%d", i))
 	}
 	require.Empty(t, log.unknown, "puts failed with every node up")
-	others := func(i int) []int {
-		var out []int
-		for j := range c.nodes {
-			if j != i {
-				out = append(out, j)
-			}
-		}
-		return out
-	}
 
 	// A failed step leaves a node down: later steps would only time out.
 	if !t.Run("Follower", func(t *testing.T) {
@@ -1187,6 +1178,101 @@ func TestSplitKillNode(t *testing.T) {
 			return
 		}
 	}
+}
+
+// TestSplitKillMidApply stops a node inside the apply of a split, on each
+// side of the commit of the split's batch (gofail failpoints
+// rangeraftBeforeSplitCommit and rangeraftAfterSplitCommit, which sleep),
+// SIGKILLs it there, once as a follower and once as the leader of the range
+// being split, keeps writing through the survivors, restarts it, and checks
+// that the split (committed in every case: only committed entries apply)
+// holds on every node and that every acknowledged key is present exactly
+// once, in order, through every node.
+func TestSplitKillMidApply(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 3, manualSplitsOnly...)
+	ids := c.nodeIDs()
+	log := &writeLog{t: t, acked: map[string]string{}, unknown: map[string]string{}}
+	all := newClient(t, strings.Split(c.endpoints(), ",")...)
+	for i := range 100 {
+		log.put(all, fmt.Sprintf("m%03d", i), fmt.Sprintf("v%d", i))
+	}
+	require.Empty(t, log.unknown, "puts failed with every node up")
+
+	var bounds []string
+	for _, tc := range []struct {
+		name, failpoint, logLine, key string
+		leader                        bool
+	}{
+		{"Follower/BeforeCommit", "rangeraftBeforeSplitCommit", `"msg":"applying split"`, "m050", false},
+		{"Follower/AfterCommit", "rangeraftAfterSplitCommit", `"msg":"split committed"`, "m025", false},
+		{"Leader/BeforeCommit", "rangeraftBeforeSplitCommit", `"msg":"applying split"`, "m075", true},
+		{"Leader/AfterCommit", "rangeraftAfterSplitCommit", `"msg":"split committed"`, "m012", true},
+	} {
+		if !t.Run(tc.name, func(t *testing.T) {
+			c := c.on(t)
+			log.t = t
+			rows := c.awaitLayout(ids, bounds)
+			var leader int
+			for _, r := range rows {
+				if r.holds(tc.key) {
+					leader = slices.Index(ids, r.LeaderNodeID)
+				}
+			}
+			victim := leader
+			if !tc.leader {
+				victim = (leader + 1) % 3
+			}
+			via := (victim + 1) % 3
+			nd := c.nodes[victim]
+			seen := countLogLines(t, nd.logPath, tc.logLine)
+			nd.enableFailpoint(t, tc.failpoint, `sleep("10m")`)
+
+			// The split answers once its leader applied it; with the
+			// leader stopped inside apply it does not, so do not wait.
+			done := make(chan ctlResult, 1)
+			go func() { done <- c.rctlOn(via, "range", "split", tc.key) }()
+			waitFor(t, splitTimeout, nd.name+" to reach "+tc.failpoint, func() (bool, string) {
+				n := countLogLines(t, nd.logPath, tc.logLine)
+				return n > seen, fmt.Sprintf("%d lines %s", n, tc.logLine)
+			})
+			c.kill(victim)
+			survivors := newClient(t, strings.Split(c.endpoints(others(victim)...), ",")...)
+			for i := range 10 {
+				// On both sides of the split key.
+				log.put(survivors, fmt.Sprintf("%s%02d-", tc.key[:3], i*2), "while-down")
+			}
+			res := <-done
+			t.Logf("split at %s through node %d while node %d (leader %v) sat at %s: exit %d %s", tc.key, via, victim, tc.leader, tc.failpoint, res.code, res.errLine())
+
+			bounds = slices.Sorted(slices.Values(append(slices.Clone(bounds), tc.key)))
+			c.awaitLayout(ids, bounds, others(victim)...)
+			c.restart(victim)
+			c.awaitLayout(ids, bounds)
+			log.requireScans(c, "m")
+		}) {
+			return
+		}
+	}
+}
+
+// others returns the indexes of a three-node cluster's nodes but i.
+func others(i int) []int {
+	var out []int
+	for j := range 3 {
+		if j != i {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// countLogLines returns how many lines of the log contain s.
+func countLogLines(t testing.TB, logPath, s string) int {
+	t.Helper()
+	b, err := os.ReadFile(logPath)
+	require.NoError(t, err)
+	return bytes.Count(b, []byte(s))
 }
 
 // splitApplyLog marks the log line a replica writes when it applied a

@@ -506,8 +506,16 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		return err
 	}
 	trunc := r.maybeTruncateLog(b, applied)
+	if len(splits) > 0 {
+		r.log.Info("applying split", zap.Uint64("index", applied.Index), zap.Uint64("generation", desc.Generation))
+		failpointBeforeSplitCommit()
+	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return err
+	}
+	if len(splits) > 0 {
+		r.log.Info("split committed", zap.Uint64("index", applied.Index), zap.Uint64("generation", desc.Generation))
+		failpointAfterSplitCommit()
 	}
 	r.store.metrics.proposalsApplied.Add(float64(len(ents)))
 	_ = r.store.cfg.Clock.Update(applied.Revision)
