@@ -29,6 +29,10 @@ start)
 	;;
 stop)
 	pkill -f "$root/bin/rangekv --name infra" || true
+	for _ in $(seq 100); do
+		pgrep -f "$root/bin/rangekv --name infra" >/dev/null || break
+		sleep 0.1
+	done
 	;;
 *)
 	echo "usage: $0 start|stop" >&2

@@ -382,13 +382,23 @@ func (r *Replica) failReadsLocked() {
 	r.pendingReads = nil
 }
 
-// applyCommitted applies committed entries in one engine batch (written
-// without fsync: the raft log already holds them) and delivers results.
-// It runs on the scheduler goroutine only.
-func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
-	if len(ents) == 0 {
-		return nil
-	}
+// stagedApply is a replica's share of a scheduler pass's apply batch.
+type stagedApply struct {
+	// finish publishes the results; it runs once the batch committed.
+	finish func()
+	// split is set when the entries split the range: index and
+	// generation are the applied index and the left side's generation.
+	split                      bool
+	rangeID, index, generation uint64
+}
+
+// stageApply stages the effects of committed entries, with the replica's
+// new applied state and statistics, in b, an indexed batch that the
+// scheduler commits (without fsync: the raft log already holds the
+// entries) for every replica of the pass at once. It returns what to do
+// after the commit: nothing of the apply is visible before. It runs on the
+// scheduler goroutine only.
+func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply, error) {
 	r.mu.Lock()
 	applied := proto.Clone(r.st.applied).(*txnproto.AppliedState)
 	desc := proto.Clone(r.desc).(*txnproto.RangeDescriptor)
@@ -396,8 +406,6 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 	r.mu.Unlock()
 	var splits []*txnproto.RangeDescriptor
 
-	b := r.store.db.NewIndexedBatch()
-	defer b.Close()
 	type delivery struct {
 		id  uint64
 		res ApplyResult
@@ -427,7 +435,7 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		}
 		cmd := &txnproto.Command{}
 		if err := proto.Unmarshal(e.Data, cmd); err != nil {
-			return fmt.Errorf("range %d: corrupt command at index %d: %w", r.RangeID, e.GetIndex(), err)
+			return stagedApply{}, fmt.Errorf("range %d: corrupt command at index %d: %w", r.RangeID, e.GetIndex(), err)
 		}
 		rev := max(cmd.Timestamp, applied.Revision+1, applied.ClosedRevision+1)
 		res := ApplyResult{Term: e.GetTerm()}
@@ -496,80 +504,79 @@ func (r *Replica) applyCommitted(ents []*raftpb.Entry) error {
 		}
 	}
 	r.mu.Lock()
-	r.stats.Add(delta)
 	stats := r.stats
+	stats.Add(delta)
 	r.mu.Unlock()
 	if err := setProto(b, kvstore.RangeAppliedStateKey(r.RangeID), applied); err != nil {
-		return err
+		return stagedApply{}, err
 	}
 	if err := b.Set(kvstore.RangeStatsKey(r.RangeID), kvstore.EncodeStats(nil, stats), nil); err != nil {
-		return err
+		return stagedApply{}, err
 	}
 	trunc := r.maybeTruncateLog(b, applied)
 	if len(splits) > 0 {
 		r.log.Info("applying split", zap.Uint64("index", applied.Index), zap.Uint64("generation", desc.Generation))
-		failpointBeforeSplitCommit()
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return err
-	}
-	if len(splits) > 0 {
-		r.log.Info("split committed", zap.Uint64("index", applied.Index), zap.Uint64("generation", desc.Generation))
-		failpointAfterSplitCommit()
-	}
-	r.store.metrics.proposalsApplied.Add(float64(len(ents)))
-	_ = r.store.cfg.Clock.Update(applied.Revision)
-	for _, p := range pubs {
-		r.feed.Publish(p.rev, p.events)
-	}
-	// Install right-hand replicas before the left one narrows, so that
-	// routing always finds a range for every key.
-	if len(splits) > 0 {
-		isLeader := r.Status().IsLeader
-		for _, rhs := range splits {
-			r.store.addReplica(rhs, isLeader)
-			r.log.Info("split range", zap.Uint64("right-range-id", rhs.RangeId),
-				zap.Binary("split-key", rhs.StartKey), zap.Uint64("generation", rhs.Generation))
+	finish := func() {
+		r.store.metrics.proposalsApplied.Add(float64(len(ents)))
+		_ = r.store.cfg.Clock.Update(applied.Revision)
+		for _, p := range pubs {
+			r.feed.Publish(p.rev, p.events)
 		}
-	}
-	r.mu.Lock()
-	r.st.applied = applied
-	r.st.cacheTrim(applied.Index)
-	r.desc = desc
-	close(r.appliedc)
-	r.appliedc = make(chan struct{})
-	if len(splits) > 0 {
-		defer r.feed.Poke()
-	}
-	if trunc != nil {
-		r.st.truncated = trunc
-	}
-	for _, d := range deliveries {
-		if p, ok := r.proposals[d.id]; ok {
-			delete(r.proposals, d.id)
-			p.ch <- d.res
-		}
-	}
-	r.releaseReadersLocked()
-	r.mu.Unlock()
-	if compactTo > 0 {
-		// The channel holds one target; replace a queued older one so the
-		// compactor always finds the newest when it is next free.
-		for {
-			select {
-			case r.compactTarget <- compactTo:
-			default:
-				select {
-				case old := <-r.compactTarget:
-					compactTo = max(compactTo, old)
-				default:
-				}
-				continue
+		// Install right-hand replicas before the left one narrows, so
+		// that routing always finds a range for every key.
+		if len(splits) > 0 {
+			isLeader := r.Status().IsLeader
+			for _, rhs := range splits {
+				r.store.addReplica(rhs, isLeader)
+				r.log.Info("split range", zap.Uint64("right-range-id", rhs.RangeId),
+					zap.Binary("split-key", rhs.StartKey), zap.Uint64("generation", rhs.Generation))
 			}
-			break
+		}
+		r.mu.Lock()
+		r.stats.Add(delta)
+		r.st.applied = applied
+		r.st.cacheTrim(applied.Index)
+		r.desc = desc
+		close(r.appliedc)
+		r.appliedc = make(chan struct{})
+		if trunc != nil {
+			r.st.truncated = trunc
+		}
+		for _, d := range deliveries {
+			if p, ok := r.proposals[d.id]; ok {
+				delete(r.proposals, d.id)
+				p.ch <- d.res
+			}
+		}
+		r.releaseReadersLocked()
+		r.mu.Unlock()
+		if len(splits) > 0 {
+			r.feed.Poke()
+		}
+		if compactTo > 0 {
+			r.queueCompaction(compactTo)
 		}
 	}
-	return nil
+	return stagedApply{finish: finish, split: len(splits) > 0, rangeID: r.RangeID, index: applied.Index, generation: desc.Generation}, nil
+}
+
+// queueCompaction hands the compactor a target. The channel holds one;
+// a queued older target is replaced, so the compactor always finds the
+// newest when it is next free.
+func (r *Replica) queueCompaction(to int64) {
+	for {
+		select {
+		case r.compactTarget <- to:
+			return
+		default:
+			select {
+			case old := <-r.compactTarget:
+				to = max(to, old)
+			default:
+			}
+		}
+	}
 }
 
 // ErrDescriptorChanged is the result of a split proposed against a

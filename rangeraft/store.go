@@ -601,10 +601,8 @@ func (s *Store) processReady() error {
 	for node, msgs := range outgoing {
 		s.transport.send(node, msgs)
 	}
-	for _, it := range items {
-		if err := it.r.applyCommitted(it.rd.CommittedEntries); err != nil {
-			return err
-		}
+	if err := s.applyPass(items); err != nil {
+		return err
 	}
 	for _, it := range items {
 		r := it.r
@@ -618,6 +616,50 @@ func (s *Store) processReady() error {
 		}
 	}
 	s.metrics.readyLatency.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// applyPass applies the committed entries of every replica of the pass in
+// one indexed batch, committed once without fsync, then publishes each
+// replica's results in order. Staging and publishing are split so that
+// nothing of a replica's apply is visible before the batch holding it is.
+func (s *Store) applyPass(items []*readyItem) error {
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	var staged []stagedApply
+	split := false
+	for _, it := range items {
+		if len(it.rd.CommittedEntries) == 0 {
+			continue
+		}
+		st, err := it.r.stageApply(b, it.rd.CommittedEntries)
+		if err != nil {
+			return err
+		}
+		staged = append(staged, st)
+		split = split || st.split
+	}
+	if len(staged) == 0 {
+		return nil
+	}
+	if split {
+		failpointBeforeSplitCommit()
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	if split {
+		for _, st := range staged {
+			if st.split {
+				s.log.Info("split committed", zap.Uint64("range-id", st.rangeID), zap.Uint64("index", st.index),
+					zap.Uint64("generation", st.generation))
+			}
+		}
+		failpointAfterSplitCommit()
+	}
+	for _, st := range staged {
+		st.finish()
+	}
 	return nil
 }
 
