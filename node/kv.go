@@ -494,8 +494,11 @@ func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 	if err != nil {
 		return nil, err
 	}
-	// etcd's checks against the whole store: the newest revision any range
-	// has applied, and the compacted revision.
+	// etcd's checks against the whole store: the compacted revision, and
+	// the newest revision of any range. The local replicas may lag the
+	// leaders (a client that wrote through another node compacts at its
+	// write's revision here), so the newest comes from the leaders: close
+	// every range at the newest revision any of them is readable at.
 	var newest, compacted int64
 	for _, r := range rs {
 		newest, compacted = max(newest, r.ReadableRevision()), max(compacted, r.Status().CompactRevision)
@@ -503,11 +506,12 @@ func (s *kvServer) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.
 	if req.Revision <= compacted {
 		return nil, rpctypes.ErrGRPCCompacted
 	}
+	newest, err = s.n.closeAcross(ctx, rs, newest)
+	if err != nil {
+		return nil, translateErr(ctx, err)
+	}
 	if req.Revision > newest {
 		return nil, rpctypes.ErrGRPCFutureRev
-	}
-	if _, err := s.n.closeAcross(ctx, rs, req.Revision); err != nil {
-		return nil, translateErr(ctx, err)
 	}
 	var resp *pb.CompactionResponse
 	for _, r := range rs {
