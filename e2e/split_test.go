@@ -1300,17 +1300,13 @@ func awaitSplitLog(t testing.TB, logPath string, n int) {
 	}
 }
 
-// watchSeveralRanges is the reason rangekv cancels a watch over keys of
-// several ranges with.
-const watchSeveralRanges = "rangekv: watching keys of several ranges is not supported yet"
-
 // TestWatchAcrossSplit watches one key, through every node, while its
 // range splits seven times (moving the key to a new range, shrinking that
 // range, and splitting exactly at the key) under a stream of puts, and
 // checks that the watchers (etcdctl watch and clientv3) deliver every put
 // exactly once, in order, with its revision. A prefix watch whose keys end
-// up in two ranges is cancelled with the "several ranges" reason, whether
-// it was created before the split or after.
+// up in eight ranges delivers every event of the prefix in revision order,
+// whether it was created before the splits or after.
 func TestWatchAcrossSplit(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3, manualSplitsOnly...)
@@ -1336,8 +1332,8 @@ func TestWatchAcrossSplit(t *testing.T) {
 	}
 
 	// The prefix watch, created before any split, on the raw stream so
-	// its cancel reason is visible (clientv3 drops the reason of a watch
-	// cancelled after creation).
+	// a cancel reason would be visible (clientv3 drops the reason of a
+	// watch cancelled after creation).
 	stream, err := pb.NewWatchClient(dialRaw(t, c, follower)).Watch(ctx)
 	require.NoError(t, err)
 	require.NoError(t, stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{
@@ -1513,59 +1509,57 @@ func TestWatchAcrossSplit(t *testing.T) {
 		require.Equal(t, want.String(), proc.stdout.String()[mark:])
 	})
 
-	t.Run("PrefixWatchCancelledBySplit", func(t *testing.T) {
-		// The watch of "w".."x" delivered what came before the first
-		// split and was then cancelled with the reason.
-		var events []string
-		for {
-			resp, err := stream.Recv()
-			require.NoError(t, err)
-			require.Equal(t, created.WatchId, resp.WatchId)
-			for _, ev := range resp.Events {
-				events = append(events, fmt.Sprintf("%s %s=%s", ev.Type, ev.Kv.Key, ev.Kv.Value))
-			}
-			if resp.Canceled {
-				require.Equal(t, watchSeveralRanges, resp.CancelReason)
-				break
-			}
-		}
-		// What it delivered is a prefix of every put in the prefix, in
-		// order: the key's puts up to before-split, wa, then the puts
-		// that came before the split at wb.
+	t.Run("PrefixWatchFollowsSplits", func(t *testing.T) {
+		// The watch of "w".."x", created before any split, keeps going as
+		// its keys spread over eight ranges: every put, the delete and the
+		// last put, exactly once, in revision order.
 		var all []string
-		for i, p := range puts {
+		for _, p := range puts[:len(puts)-1] {
 			all = append(all, "PUT wk="+p.value)
 			if p.value == "before-split" {
 				all = append(all, "PUT wa=other-key")
-				require.GreaterOrEqual(t, len(events), i+2, "%q", events)
 			}
 		}
-		require.Equal(t, all[:len(events)], events)
+		all = append(all, "DELETE wk=", "PUT wk=last")
+		var events []string
+		var lastRev int64
+		for len(events) < len(all) {
+			resp, err := stream.Recv()
+			require.NoError(t, err)
+			require.Equal(t, created.WatchId, resp.WatchId)
+			require.False(t, resp.Canceled, "prefix watch cancelled after %d events: %q", len(events), resp.CancelReason)
+			for _, ev := range resp.Events {
+				require.GreaterOrEqual(t, ev.Kv.ModRevision, lastRev, "events out of revision order: %q", events)
+				lastRev = ev.Kv.ModRevision
+				events = append(events, fmt.Sprintf("%s %s=%s", ev.Type, ev.Kv.Key, ev.Kv.Value))
+			}
+		}
+		require.Equal(t, all, events)
 	})
 
-	t.Run("PrefixWatchOfSeveralRangesRefused", func(t *testing.T) {
-		// Created after the split: etcdctl reports the reason.
-		res := c.ctlOn(follower, "watch", "--prefix", "w")
-		require.Equal(t, 5, res.code, "etcdctl exits with ExitInterrupted; %s", res)
-		require.Empty(t, res.stdout)
-		require.True(t, strings.HasSuffix(res.stderr,
-			"watch was canceled ("+watchSeveralRanges+")\nError: watch is canceled by the server\n"), "%s", res)
-
-		// So does clientv3, and a watch of the whole keyspace too.
-		for _, opt := range []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithFromKey()} {
-			wctx, wcancel := context.WithTimeout(ctx, watchTimeout)
-			resp, ok := <-wcli.Watch(wctx, "w", opt)
-			wcancel()
-			require.True(t, ok)
-			require.True(t, resp.Canceled, "%+v", resp)
-			require.ErrorContains(t, resp.Err(), watchSeveralRanges)
-		}
-
-		// A prefix inside one range still works.
-		w := startEtcdctl(t, c.endpoints(follower), "watch", "--prefix", "wl")
-		waitFor(t, watchTimeout, "a watch within one range", func() (bool, string) {
-			c.mustCtl("put", "wl1", "in-range")
-			return strings.Contains(w.stdout.String(), "PUT\nwl1\nin-range\n"), w.stdout.String() + w.stderr.String()
+	t.Run("PrefixWatchOfSeveralRanges", func(t *testing.T) {
+		// Created after the splits: etcdctl and clientv3 watches of keys
+		// in several ranges see puts in any of them.
+		w := startEtcdctl(t, c.endpoints(follower), "watch", "--prefix", "w")
+		cch := wcli.Watch(ctx, "w", clientv3.WithFromKey())
+		waitFor(t, watchTimeout, "a prefix watch over several ranges", func() (bool, string) {
+			c.mustCtl("put", "wa2", "first-range")
+			c.mustCtl("put", "wm", "last-range")
+			out := w.stdout.String()
+			return strings.Contains(out, "PUT\nwa2\nfirst-range\n") && strings.Contains(out, "PUT\nwm\nlast-range\n"),
+				out + w.stderr.String()
 		})
+		seen := map[string]bool{}
+		for !seen["wa2"] || !seen["wm"] {
+			select {
+			case resp := <-cch:
+				require.NoError(t, resp.Err())
+				for _, ev := range resp.Events {
+					seen[string(ev.Kv.Key)] = true
+				}
+			case <-time.After(watchTimeout):
+				t.Fatalf("clientv3 watch from w saw only %v", seen)
+			}
+		}
 	})
 }

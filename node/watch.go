@@ -65,6 +65,9 @@ type watcher struct {
 	mu   sync.Mutex
 	next int64              // every event below next has been queued for the client
 	r    *rangeraft.Replica // the range holding the keys; written by run under mu
+	// rs, when the keys lie in several ranges, are those ranges in key
+	// order (watch_multi.go); r is then rs[0]. Written by run under mu.
+	rs []*rangeraft.Replica
 }
 
 // Watch implements etcd's Watch stream.
@@ -187,12 +190,29 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 		spanEnd = append(bytes.Clone(start), 0)
 	}
 	w.span = kvstore.Span{Start: start, End: spanEnd}
-	r, err := w.resolve()
+	rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
 	if err != nil {
 		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: c.WatchId, Created: true, Canceled: true, CancelReason: err.Error()})
 		return
 	}
-	w.r = r
+	w.r = rs[0]
+	// "Now" is the newest revision the range can serve: its last write or
+	// a later revision it closed (a multi-range read or a compaction).
+	current := w.r.ReadableRevision()
+	compacted := w.r.Status().CompactRevision
+	if len(rs) > 1 {
+		// Over several ranges, "now" is a revision every one of them is
+		// closed at, so that no event after it can be below it.
+		w.rs = rs
+		if current, err = w.ws.n.closeAcross(ws.ctx, rs, w.ws.n.clock.Now()); err != nil {
+			ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: c.WatchId, Created: true, Canceled: true,
+				CancelReason: translateErr(ws.ctx, err).Error()})
+			return
+		}
+		for _, r := range rs {
+			compacted = max(compacted, r.Status().CompactRevision)
+		}
+	}
 
 	ws.mu.Lock()
 	if ws.watchers == nil {
@@ -218,20 +238,16 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 		return
 	}
 	w.id = id
-	st := r.Status()
-	// "Now" is the newest revision the range can serve: its last write or
-	// a later revision it closed (a multi-range read or a compaction).
-	current := r.ReadableRevision()
 	w.next = c.StartRevision
 	if w.next <= 0 {
 		w.next = current + 1
 	}
-	if w.next < st.CompactRevision {
+	if w.next < compacted {
 		// etcd: a watch from a compacted revision is created, then
 		// cancelled with the compact revision.
 		ws.mu.Unlock()
 		ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, Created: true})
-		ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, CompactRevision: st.CompactRevision, Canceled: true})
+		ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, CompactRevision: compacted, Canceled: true})
 		return
 	}
 	ws.watchers[id] = w
@@ -269,18 +285,29 @@ func (ws *watchStream) remove(id int64) {
 func (w *watcher) run() {
 	defer w.ws.wg.Done()
 	for {
+		w.mu.Lock()
+		multi := len(w.rs) > 0
+		w.mu.Unlock()
+		if multi {
+			w.runMulti()
+			return
+		}
 		if !w.r.Covers(w.span.Start, w.span.End) {
-			// The range split: follow the keys to their range, catching up
-			// from its history.
-			r, err := w.resolve()
+			// The range split: follow the keys to their range (or ranges),
+			// catching up from its history.
+			rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
 			if err != nil {
 				w.ws.remove(w.id)
 				w.ws.send(&pb.WatchResponse{Header: w.ws.header(0), WatchId: w.id, Canceled: true, CancelReason: err.Error()})
 				return
 			}
 			w.mu.Lock()
-			w.r = r
+			w.r = rs[0]
+			if len(rs) > 1 {
+				w.rs = rs
+			}
 			w.mu.Unlock()
+			continue
 		}
 		feed := w.r.Feed()
 		w.mu.Lock()
@@ -338,22 +365,6 @@ func (w *watcher) catchUpFromEngine(from, to int64) bool {
 		return false
 	}
 	return w.deliver(evs, to)
-}
-
-// errMultiRangeWatch cancels a watch whose keys span several ranges: merging
-// range feeds in one revision order needs closed timestamps (docs/watch.md).
-var errMultiRangeWatch = errors.New("rangekv: watching keys of several ranges is not supported yet")
-
-// resolve finds the single range holding the watcher's keys.
-func (w *watcher) resolve() (*rangeraft.Replica, error) {
-	rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
-	if err != nil {
-		return nil, err
-	}
-	if len(rs) > 1 {
-		return nil, errMultiRangeWatch
-	}
-	return rs[0], nil
 }
 
 func intersect(a, b kvstore.Span) kvstore.Span {
@@ -445,6 +456,9 @@ func (w *watcher) synced() (int64, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	last := w.r.Feed().Last()
+	for _, r := range w.rs {
+		last = max(last, r.Feed().Last())
+	}
 	return w.next - 1, w.next > last
 }
 

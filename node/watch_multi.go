@@ -1,0 +1,257 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"reflect"
+	"slices"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.uber.org/zap"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+)
+
+// closeRetryDelay spaces closes that failed (no leader, a split racing).
+const closeRetryDelay = 50 * time.Millisecond
+
+// rangeMark is a range as a multi-range pull saw it.
+type rangeMark struct {
+	id, generation uint64
+}
+
+// runMulti delivers the events of a watcher whose keys lie in several
+// ranges (docs/watch.md, "Merging range feeds"). Each pull:
+//
+//  1. resolves the ranges covering the keys (they split under the watch);
+//  2. takes R, the lowest readable revision among them: every range has
+//     applied each of its writes at or below R and will never write there
+//     again (its applied revision or closed revision is at least R), so
+//     the events at or below R are final;
+//  3. collects each range's events in (next-1, R] from its feed, or from
+//     MVCC history when the feed's window has moved past, keeping only
+//     keys in that range's current span (a pre-split entry of the left
+//     range also holds the right range's keys, which the right range
+//     reports), and merges them by revision;
+//  4. delivers them if no range changed meanwhile, and advances next past
+//     R.
+//
+// When nothing is final but some range has published beyond next, the
+// ranges behind are closed at the newest published revision (a Close
+// command through each one's raft log), which releases it. Otherwise the
+// watcher waits for any of the ranges to publish.
+func (w *watcher) runMulti() {
+	for {
+		rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
+		if err != nil {
+			w.cancelWith(err.Error())
+			return
+		}
+		marks := markRanges(rs)
+		w.mu.Lock()
+		w.rs, w.r = rs, rs[0]
+		next := w.next
+		w.mu.Unlock()
+
+		// The wait channels first: a publish after them closes them.
+		waits := make([]<-chan struct{}, 0, len(rs))
+		for _, r := range rs {
+			_, _, _, wait := r.Feed().Since(next-1, 0)
+			waits = append(waits, wait)
+		}
+		resolved, newest := rs[0].ReadableRevision(), int64(0)
+		for _, r := range rs {
+			resolved = min(resolved, r.ReadableRevision())
+			newest = max(newest, r.Feed().Last())
+		}
+		if resolved < next {
+			if newest >= next {
+				// Events are waiting on ranges behind: close them.
+				if !w.closeBehind(rs, newest) {
+					return
+				}
+				continue
+			}
+			if !w.waitAny(waits) {
+				return
+			}
+			continue
+		}
+
+		evs, upTo, ok := w.collect(rs, next, resolved)
+		if !ok {
+			return
+		}
+		if !slices.Equal(marks, markRanges(rs)) {
+			continue // a range split under the pull: take it again
+		}
+		if !w.deliver(evs, upTo) {
+			return
+		}
+	}
+}
+
+// markRanges notes each range's ID and descriptor generation.
+func markRanges(rs []*rangeraft.Replica) []rangeMark {
+	out := make([]rangeMark, len(rs))
+	for i, r := range rs {
+		out[i] = rangeMark{r.RangeID, r.Descriptor().Generation}
+	}
+	return out
+}
+
+// collect returns the watcher's events in [next, upTo] from every range,
+// in revision order (ranges in key order within a revision), where upTo
+// is resolved or less when a feed returned only part of the way.
+func (w *watcher) collect(rs []*rangeraft.Replica, next, resolved int64) (evs []*mvccpb.Event, upTo int64, ok bool) {
+	type tagged struct {
+		rev int64
+		ev  *mvccpb.Event
+	}
+	var all []tagged
+	upTo = resolved
+	for _, r := range rs {
+		start, end := r.Span()
+		span := intersect(w.span, kvstore.Span{Start: start, End: end})
+		entries, inWindow, _, _ := r.Feed().Since(next-1, maxFeedEntriesPerPull)
+		if !inWindow {
+			hist, to, ok := w.history(r, span, next, resolved)
+			if !ok {
+				return nil, 0, false
+			}
+			upTo = min(upTo, to)
+			for _, ev := range hist {
+				all = append(all, tagged{ev.Kv.ModRevision, ev})
+			}
+			continue
+		}
+		if len(entries) == maxFeedEntriesPerPull {
+			upTo = min(upTo, entries[len(entries)-1].Revision)
+		}
+		for _, e := range entries {
+			if e.Revision > resolved {
+				break
+			}
+			for _, ev := range w.appendMatching(nil, e.Events) {
+				if spanHolds(span, ev.Kv.Key) {
+					all = append(all, tagged{e.Revision, ev})
+				}
+			}
+		}
+	}
+	slices.SortStableFunc(all, func(a, b tagged) int {
+		switch {
+		case a.rev < b.rev:
+			return -1
+		case a.rev > b.rev:
+			return 1
+		}
+		return 0
+	})
+	for _, t := range all {
+		if t.rev > upTo {
+			break
+		}
+		evs = append(evs, t.ev)
+	}
+	return evs, upTo, true
+}
+
+// spanHolds reports whether the user key lies in the span.
+func spanHolds(span kvstore.Span, key []byte) bool {
+	k := kvstore.UserSpanKey(key)
+	return bytes.Compare(k, span.Start) >= 0 && bytes.Compare(k, span.End) < 0
+}
+
+// history reads the watcher's events of span in [from, to] from r's MVCC
+// history, cancelling the watch if from is compacted. It returns the
+// revision it read through.
+func (w *watcher) history(r *rangeraft.Replica, span kvstore.Span, from, to int64) ([]*mvccpb.Event, int64, bool) {
+	view := r.NewReadView()
+	defer view.Close()
+	if from < view.CompactRevision {
+		w.ws.remove(w.id)
+		w.ws.send(&pb.WatchResponse{Header: w.ws.header(view.Revision), WatchId: w.id,
+			CompactRevision: view.CompactRevision, Canceled: true})
+		return nil, 0, false
+	}
+	to = min(to, view.Revision)
+	var evs []*mvccpb.Event
+	err := kvstore.MVCCHistory(view.Reader, intersect(span, view.Span), from, to, func(ev *mvccpb.Event) bool {
+		evs = w.appendMatching(evs, []*mvccpb.Event{ev})
+		return true
+	})
+	if err != nil {
+		w.ws.n.log.Error("watch history read failed", zap.Int64("watch-id", w.id), zap.Error(err))
+		w.cancelWith(err.Error())
+		return nil, 0, false
+	}
+	return evs, to, true
+}
+
+// closeBehind closes, at rev, every range of rs not yet readable there,
+// and waits until the local replicas have applied the closes. A failure
+// (no leader yet, a split racing) is retried by the caller's next pull
+// after a pause. It reports false when the watcher ended.
+func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
+	ctx, cancel := context.WithTimeout(w.ws.ctx, w.ws.n.reqTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-w.cancelc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for _, r := range rs {
+		if r.ReadableRevision() >= rev {
+			continue
+		}
+		_, err := w.ws.n.closeOnLeader(ctx, r, rev)
+		if err == nil {
+			err = r.WaitReadable(ctx, rev)
+		}
+		if err != nil {
+			break
+		}
+	}
+	select {
+	case <-w.cancelc:
+		return false
+	case <-w.ws.ctx.Done():
+		return false
+	default:
+	}
+	if ctx.Err() != nil || slices.ContainsFunc(rs, func(r *rangeraft.Replica) bool { return r.ReadableRevision() < rev }) {
+		select {
+		case <-w.cancelc:
+			return false
+		case <-w.ws.ctx.Done():
+			return false
+		case <-time.After(closeRetryDelay):
+		}
+	}
+	return true
+}
+
+// waitAny blocks until one of waits closes; false when the watcher ended.
+func (w *watcher) waitAny(waits []<-chan struct{}) bool {
+	cases := make([]reflect.SelectCase, 0, len(waits)+2)
+	cases = append(cases,
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.cancelc)},
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ws.ctx.Done())})
+	for _, c := range waits {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c)})
+	}
+	chosen, _, _ := reflect.Select(cases)
+	return chosen >= 2
+}
+
+// cancelWith ends the watch with a reason.
+func (w *watcher) cancelWith(reason string) {
+	w.ws.remove(w.id)
+	w.ws.send(&pb.WatchResponse{Header: w.ws.header(0), WatchId: w.id, Canceled: true, CancelReason: reason})
+}
