@@ -5,6 +5,7 @@ import (
 	"context"
 	"reflect"
 	"slices"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -192,8 +193,9 @@ func (w *watcher) history(r *rangeraft.Replica, span kvstore.Span, from, to int6
 	return evs, to, true
 }
 
-// closeBehind closes, at rev, every range of rs not yet readable there,
-// and waits until the local replicas have applied the closes. A failure
+// closeBehind closes every range of rs not yet readable at rev, at rev or
+// the clock's now if later, in parallel, and waits until the local
+// replicas have applied the closes. A failure
 // (no leader yet, a split racing) is retried by the caller's next pull
 // after a pause. It reports false when the watcher ended.
 func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
@@ -206,18 +208,28 @@ func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
 		case <-ctx.Done():
 		}
 	}()
+	// Close at the clock's now rather than at rev (never below it): one
+	// round then releases whatever else was published meanwhile. All
+	// ranges at once: a close is a raft round trip on each.
+	rev = max(rev, w.ws.n.clock.Now())
+	var wg sync.WaitGroup
 	for _, r := range rs {
 		if r.ReadableRevision() >= rev {
 			continue
 		}
-		_, err := w.ws.n.closeOnLeader(ctx, r, rev)
-		if err == nil {
-			err = r.WaitReadable(ctx, rev)
-		}
-		if err != nil {
-			break
-		}
+		wg.Go(func() {
+			// A watch needs only the promise, not a linearizable "now":
+			// on a local leader the close goes straight into the log,
+			// without closeLocal's ReadIndex round.
+			if r.Status().IsLeader && r.Close(ctx, rev) == nil {
+				return
+			}
+			if _, err := w.ws.n.closeOnLeader(ctx, r, rev); err == nil {
+				_ = r.WaitReadable(ctx, rev)
+			}
+		})
 	}
+	wg.Wait()
 	select {
 	case <-w.cancelc:
 		return false

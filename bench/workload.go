@@ -1,0 +1,399 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Config is what every workload takes. Zero values get the defaults of
+// Defaults.
+type Config struct {
+	// Endpoints are the servers, "host:port" or URLs.
+	Endpoints []string
+	// Clients is the number of concurrent requesters; Conns the number of
+	// gRPC connections they share (round robin), as in etcd's benchmark.
+	Clients, Conns int
+	// Total bounds the requests sent; Duration the run time. At least one
+	// is set; the first reached ends the run.
+	Total    int
+	Duration time.Duration
+	// Rate caps requests per second over all clients; 0 is unlimited.
+	Rate float64
+	// Keys are Prefix followed by a zero-padded index below KeySpace,
+	// padded to KeySize bytes; Sequential walks the indexes in order,
+	// otherwise they are uniform random.
+	Prefix     string
+	KeySize    int
+	KeySpace   int
+	Sequential bool
+	// ValueSize is the size of every value written, in bytes.
+	ValueSize int
+	// DialTimeout bounds connecting; RequestTimeout each request.
+	DialTimeout, RequestTimeout time.Duration
+	// Progress, when set, receives a progress line every second.
+	Progress io.Writer
+}
+
+// Defaults fills zero fields: 1 client on 1 connection, 10,000 requests,
+// 8-byte keys in a space of 100,000, 256-byte values, 5 s timeouts.
+func (c Config) Defaults() Config {
+	if c.Clients <= 0 {
+		c.Clients = 1
+	}
+	if c.Conns <= 0 {
+		c.Conns = 1
+	}
+	c.Conns = min(c.Conns, c.Clients)
+	if c.Total <= 0 && c.Duration <= 0 {
+		c.Total = 10_000
+	}
+	if c.KeySpace <= 0 {
+		c.KeySpace = 100_000
+	}
+	if c.KeySize <= 0 {
+		c.KeySize = 8
+	}
+	if c.ValueSize < 0 {
+		c.ValueSize = 0
+	} else if c.ValueSize == 0 {
+		c.ValueSize = 256
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	return c
+}
+
+// Key returns the key of index i: Prefix, then i zero-padded so that the
+// key is KeySize bytes long (longer when the index needs more digits).
+func (c Config) Key(i int) string {
+	digits := len(fmt.Sprint(max(c.KeySpace-1, 0)))
+	width := max(digits, c.KeySize-len(c.Prefix))
+	return fmt.Sprintf("%s%0*d", c.Prefix, width, i)
+}
+
+// dial opens Conns clients.
+func dial(c Config) ([]*clientv3.Client, error) {
+	clients := make([]*clientv3.Client, 0, c.Conns)
+	for range c.Conns {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints, DialTimeout: c.DialTimeout, Logger: zap.NewNop()})
+		if err != nil {
+			closeAll(clients)
+			return nil, fmt.Errorf("bench: connecting to %s: %w", strings.Join(c.Endpoints, ","), err)
+		}
+		clients = append(clients, cli)
+	}
+	return clients, nil
+}
+
+func closeAll(clients []*clientv3.Client) {
+	for _, c := range clients {
+		c.Close()
+	}
+}
+
+// drive runs op from Clients goroutines until Total requests were issued
+// or Duration passed (or ctx ended), at most Rate per second, passing each
+// request's sequence number. It returns the elapsed time.
+//
+// The run's end stops issuing; requests in flight then complete (within
+// RequestTimeout) and are counted: none is cut short by the clock.
+func drive(ctx context.Context, c Config, issued *atomic.Int64, op func(ctx context.Context, client, seq int)) time.Duration {
+	// Only issuing stops at the deadline; requests run under ctx.
+	issue := ctx
+	if c.Duration > 0 {
+		var cancel context.CancelFunc
+		issue, cancel = context.WithTimeout(ctx, c.Duration)
+		defer cancel()
+	}
+	var lim *rate.Limiter
+	if c.Rate > 0 {
+		lim = rate.NewLimiter(rate.Limit(c.Rate), max(1, int(c.Rate/100)))
+	}
+	var seq atomic.Int64
+	start := time.Now()
+	stopProgress := progress(c, issued, start)
+	var wg sync.WaitGroup
+	for client := range c.Clients {
+		wg.Go(func() {
+			for issue.Err() == nil {
+				n := seq.Add(1) - 1
+				if c.Total > 0 && n >= int64(c.Total) {
+					return
+				}
+				if lim != nil && lim.Wait(issue) != nil {
+					return
+				}
+				op(ctx, client, int(n))
+				issued.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	stopProgress()
+	return elapsed
+}
+
+// progress prints a line every second to c.Progress until stopped.
+func progress(c Config, issued *atomic.Int64, start time.Time) (stop func()) {
+	if c.Progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprintln(c.Progress)
+				return
+			case <-t.C:
+			}
+			n := issued.Load()
+			line := fmt.Sprintf("\r%6.1fs  %d requests  %.0f/s", time.Since(start).Seconds(), n, float64(n)/time.Since(start).Seconds())
+			if c.Total > 0 {
+				line += fmt.Sprintf("  %3.0f%%", 100*float64(n)/float64(c.Total))
+			}
+			fmt.Fprint(c.Progress, line)
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// value returns a value of the configured size.
+func value(c Config) string { return strings.Repeat("v", c.ValueSize) }
+
+// keyIndex picks the key index of request seq.
+func keyIndex(c Config, seq int, rnd *rand.Rand) int {
+	if c.Sequential {
+		return seq % c.KeySpace
+	}
+	return rnd.IntN(c.KeySpace)
+}
+
+// measureServer starts measuring the CPU of the local servers of the
+// endpoints; the returned function reports it for ops operations.
+func measureServer(endpoints []string) func(ops int64) *ServerCPU {
+	pids := FindServers(endpoints)
+	if len(pids) == 0 {
+		return func(int64) *ServerCPU { return nil }
+	}
+	before := CPUSeconds(pids)
+	return func(ops int64) *ServerCPU {
+		s := &ServerCPU{PIDs: pids, Seconds: CPUSeconds(pids) - before}
+		if ops > 0 {
+			s.SecondsPerOp = s.Seconds / float64(ops)
+		}
+		return s
+	}
+}
+
+// RunPut writes values of ValueSize under Prefix keys.
+func RunPut(ctx context.Context, c Config) (*Report, error) {
+	c = c.Defaults()
+	clients, err := dial(c)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(clients)
+	rec := NewRecorder()
+	val := value(c)
+	rnds := make([]*rand.Rand, c.Clients)
+	for i := range rnds {
+		rnds[i] = rand.New(rand.NewPCG(uint64(i), 42))
+	}
+	cpu := measureServer(c.Endpoints)
+	started := time.Now()
+	var issued atomic.Int64
+	elapsed := drive(ctx, c, &issued, func(ctx context.Context, client, seq int) {
+		key := c.Key(keyIndex(c, seq, rnds[client]))
+		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+		t := time.Now()
+		_, err := clients[client%c.Conns].Put(rctx, key, val)
+		cancel()
+		rec.Observe(time.Since(t), err)
+	})
+	op := rec.Summarize("put", elapsed)
+	return &Report{Workload: "put", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
+		Ops: []OpReport{op}, Server: cpu(op.Requests - op.Errors)}, nil
+}
+
+// errNotDelivered is the error a watch-latency run records for an
+// acknowledged put whose event no watcher delivered in time.
+var errNotDelivered = errors.New("acknowledged put not delivered to the watcher")
+
+// RunWatchLatency measures, for every acknowledged put under Prefix, the
+// time from the put's acknowledgement to the delivery of its event to
+// each of watchers prefix watches opened before the puts (created on the
+// connections round robin). An event delivered before its put was
+// acknowledged counts as 0. Puts never delivered within grace after the
+// run are counted as watch errors.
+func RunWatchLatency(ctx context.Context, c Config, watchers int, grace time.Duration) (*Report, error) {
+	c = c.Defaults()
+	watchers = max(watchers, 1)
+	clients, err := dial(c)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(clients)
+
+	type ident struct {
+		key string
+		rev int64
+	}
+	var (
+		mu        sync.Mutex
+		acked     = map[ident]time.Time{}         // acknowledged, not yet delivered to every watcher
+		early     = map[ident]map[int]time.Time{} // delivered before acknowledged
+		delivered = map[ident]map[int]bool{}      // watchers that delivered
+	)
+	watchRec := NewRecorder()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	var wwg sync.WaitGroup
+	for w := range watchers {
+		wch := clients[w%len(clients)].Watch(clientv3.WithRequireLeader(wctx), c.Prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+		select {
+		case resp := <-wch:
+			if err := resp.Err(); err != nil || !resp.Created {
+				return nil, fmt.Errorf("bench: creating watch %d: %v", w, err)
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		wwg.Go(func() {
+			for resp := range wch {
+				now := time.Now()
+				mu.Lock()
+				for _, ev := range resp.Events {
+					id := ident{string(ev.Kv.Key), ev.Kv.ModRevision}
+					if delivered[id] == nil {
+						delivered[id] = map[int]bool{}
+					}
+					delivered[id][w] = true
+					if at, ok := acked[id]; ok {
+						watchRec.Observe(now.Sub(at), nil)
+					} else {
+						if early[id] == nil {
+							early[id] = map[int]time.Time{}
+						}
+						early[id][w] = now
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+
+	putRec := NewRecorder()
+	val := value(c)
+	rnds := make([]*rand.Rand, c.Clients)
+	for i := range rnds {
+		rnds[i] = rand.New(rand.NewPCG(uint64(i), 7))
+	}
+	cpu := measureServer(c.Endpoints)
+	started := time.Now()
+	var issued atomic.Int64
+	var ackedCount atomic.Int64
+	elapsed := drive(ctx, c, &issued, func(ctx context.Context, client, seq int) {
+		key := c.Key(keyIndex(c, seq, rnds[client]))
+		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+		t := time.Now()
+		resp, err := clients[client%c.Conns].Put(rctx, key, val)
+		cancel()
+		now := time.Now()
+		putRec.Observe(now.Sub(t), err)
+		if err != nil {
+			return
+		}
+		ackedCount.Add(1)
+		id := ident{key, resp.Header.Revision}
+		mu.Lock()
+		acked[id] = now
+		for range early[id] {
+			watchRec.Observe(0, nil)
+		}
+		delete(early, id)
+		mu.Unlock()
+	})
+
+	// Wait for the stragglers, then count what never arrived.
+	deadline := time.Now().Add(grace)
+	for {
+		mu.Lock()
+		missing := 0
+		for id := range acked {
+			missing += watchers - len(delivered[id])
+		}
+		mu.Unlock()
+		if missing == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wcancel()
+	wwg.Wait()
+	mu.Lock()
+	for id := range acked {
+		for range watchers - len(delivered[id]) {
+			watchRec.Observe(0, errNotDelivered)
+		}
+	}
+	mu.Unlock()
+	puts := putRec.Summarize("put", elapsed)
+	watch := watchRec.Summarize("watch", elapsed)
+	rep := &Report{Workload: "watch-latency", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
+		Ops: []OpReport{puts, watch}, Server: cpu(ackedCount.Load())}
+	rep.Notes = append(rep.Notes, fmt.Sprintf("%d prefix watcher(s) on %q; watch latency is put acknowledgement to event delivery", watchers, c.Prefix))
+	return rep, nil
+}
+
+// SplitForRanges splits the workload's key space into n ranges of equal
+// index width with the Ranges service (txnproto/rangekv.proto): rangekv
+// only. Boundaries that already start a range are skipped.
+func SplitForRanges(ctx context.Context, c Config, n int) error {
+	c = c.Defaults()
+	if n <= 1 {
+		return nil
+	}
+	clients, err := dial(Config{Endpoints: c.Endpoints, Conns: 1, Clients: 1, DialTimeout: c.DialTimeout})
+	if err != nil {
+		return err
+	}
+	defer closeAll(clients)
+	rc := txnproto.NewRangesClient(clients[0].ActiveConnection())
+	for i := 1; i < n; i++ {
+		key := c.Key(i * c.KeySpace / n)
+		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+		_, err := rc.SplitRange(rctx, &txnproto.SplitRangeRequest{Key: []byte(key)})
+		cancel()
+		if status.Code(err) == codes.FailedPrecondition && strings.Contains(err.Error(), "already the start") {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bench: splitting at %q (is this rangekv?): %w", key, err)
+		}
+	}
+	return nil
+}
