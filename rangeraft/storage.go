@@ -3,6 +3,7 @@ package rangeraft
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -94,8 +95,10 @@ func (s *raftStorage) cachedEntries(lo, hi, maxSize uint64) ([]*raftpb.Entry, bo
 			break
 		}
 	}
-	// Full slice expression: raft may append to what it gets.
-	return ents[:len(ents):len(ents)], true
+	// A copy: raft keeps what it gets (in messages, in a Ready) across
+	// passes, and the cache rewrites its own array (trims, conflicting
+	// appends); only the entries themselves, never modified, are shared.
+	return slices.Clone(ents), true
 }
 
 // loadRaftStorage reads a replica's raft state from from, a consistent

@@ -187,10 +187,28 @@ func TestRaftStorageEntryCache(t *testing.T) {
 	appendAndCache(ent(16, 7))
 	require.Len(t, s.cache, 1)
 	check()
+	// What the cache returned stays intact when the cache trims or
+	// rewrites its tail (raft keeps such slices in messages across
+	// passes).
+	appendAndCache(ent(17, 7), ent(18, 7))
+	held, err := s.Entries(16, 19, 1<<20)
+	require.NoError(t, err)
+	s.cacheTrim(17)
+	appendAndCache(ent(18, 8))
+	require.Len(t, held, 3)
+	for i, e := range held {
+		require.NotNil(t, e, "entry %d of a returned slice cleared", i)
+		require.Equal(t, uint64(16+i), e.GetIndex())
+		require.Equal(t, uint64(7), e.GetTerm(), "entry %d of a returned slice rewritten", i)
+	}
+	check()
+	s.cacheTrim(^uint64(0))
+	appendAndCache(ent(19, 8))
+
 	// Whatever raft appends to a returned slice must not reach the cache.
-	got, err := s.Entries(16, 17, 1<<20)
+	got, err := s.Entries(19, 20, 1<<20)
 	require.NoError(t, err)
 	_ = append(got, ent(99, 9))
 	require.Len(t, s.cache, 1)
-	require.Equal(t, uint64(16), s.cache[0].GetIndex())
+	require.Equal(t, uint64(19), s.cache[0].GetIndex())
 }
