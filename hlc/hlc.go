@@ -76,6 +76,15 @@ func (c *Clock) Now() Timestamp {
 	return c.last
 }
 
+// Offset returns how far remote's physical time is ahead of this clock's
+// wall time (negative when behind), to millisecond precision.
+func (c *Clock) Offset(remote Timestamp) time.Duration {
+	return time.Duration(Physical(remote)-c.wallMS()) * time.Millisecond
+}
+
+// MaxOffset returns the skew bound the clock was created with.
+func (c *Clock) MaxOffset() time.Duration { return c.maxOffset }
+
 // Peek returns the last timestamp issued or observed without advancing.
 func (c *Clock) Peek() Timestamp {
 	c.mu.Lock()

@@ -50,6 +50,9 @@ type Config struct {
 	RangeSplitQPS float64
 	// MaxClockOffset bounds accepted HLC skew between nodes.
 	MaxClockOffset time.Duration
+	// UnsafeClockSkew shifts this node's wall clock, for fault-injection
+	// tests of --max-clock-offset (never set it in production).
+	UnsafeClockSkew time.Duration
 	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
 	// URLs (etcd --enable-pprof).
 	EnablePprof bool

@@ -42,8 +42,10 @@ type Node struct {
 	ident *txnproto.NodeIdent
 	id    uint64
 	clock *hlc.Clock
-	store *rangeraft.Store
-	reg   *prometheus.Registry
+	// clockCheck is the verdict of the clock monitor (clock.go).
+	clockCheck clockState
+	store      *rangeraft.Store
+	reg        *prometheus.Registry
 
 	peerServer   *grpc.Server
 	clientServer *grpc.Server
@@ -89,7 +91,7 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 	if err := n.loadOrBootstrap(); err != nil {
 		return nil, err
 	}
-	n.clock = hlc.New(cfg.MaxClockOffset)
+	n.clock = newClock(cfg)
 	electionTicks := int(cfg.ElectionTimeout / cfg.HeartbeatInterval)
 	store, err := rangeraft.NewStore(rangeraft.StoreConfig{
 		NodeID:        n.id,
@@ -112,11 +114,12 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		return nil, err
 	}
 	store.Start()
-	n.wg.Add(4)
+	n.wg.Add(5)
 	go n.watchFatal()
 	go n.publishMember()
 	go n.runSplitQueue()
 	go n.runDirectoryRepair()
+	go n.runClockMonitor()
 	ok = true
 	lg.Info("rangekv node started",
 		zap.String("name", cfg.Name),

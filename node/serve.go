@@ -36,12 +36,12 @@ const grpcOverheadBytes = 512 * 1024
 
 // serve binds the peer and client URLs and starts their servers.
 func (n *Node) serve() error {
-	n.peerServer = grpc.NewServer(
+	n.peerServer = grpc.NewServer(append(n.clockInterceptors(true),
 		grpc.WaitForHandlers(true),
 		grpc.MaxRecvMsgSize(64<<20+n.cfg.MaxRequestBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
-	)
+	)...)
 	n.store.Transport().Register(n.peerServer)
 	pb.RegisterKVServer(n.peerServer, &kvServer{n: n, peer: true})
 	txnproto.RegisterRangesServer(n.peerServer, &rangesServer{n: n, peer: true})
@@ -58,13 +58,13 @@ func (n *Node) serve() error {
 		}()
 	}
 
-	n.clientServer = grpc.NewServer(
+	n.clientServer = grpc.NewServer(append(n.clockInterceptors(false),
 		grpc.WaitForHandlers(true),
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: false}),
-	)
+	)...)
 	pb.RegisterKVServer(n.clientServer, &kvServer{n: n, routeHints: true})
 	pb.RegisterWatchServer(n.clientServer, newWatchServer(n))
 	pb.RegisterClusterServer(n.clientServer, &clusterServer{n: n})
@@ -195,6 +195,12 @@ func (n *Node) registerHTTP(mux *http.ServeMux) {
 			{"leader", func(ctx context.Context) error {
 				if !n.store.HasLeader() {
 					return errors.New("no leader")
+				}
+				return nil
+			}},
+			{"clock_offset", func(ctx context.Context) error {
+				if p := n.clockCheck.get(); p != "" {
+					return errors.New(p)
 				}
 				return nil
 			}},

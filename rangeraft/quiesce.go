@@ -30,19 +30,36 @@ import (
 // quiescing.
 const quiesceAfterTicks = 3
 
-// liveness records when each peer node was last heard from.
+// liveness records when each peer node was last heard from, and the clock
+// offset its last batch showed.
 type liveness struct {
-	mu    sync.Mutex
-	heard map[uint64]time.Time
+	mu     sync.Mutex
+	heard  map[uint64]time.Time
+	offset map[uint64]time.Duration
 }
 
-func (l *liveness) record(node uint64) {
+func (l *liveness) record(node uint64, offset time.Duration) {
 	l.mu.Lock()
 	if l.heard == nil {
-		l.heard = map[uint64]time.Time{}
+		l.heard, l.offset = map[uint64]time.Time{}, map[uint64]time.Duration{}
 	}
 	l.heard[node] = time.Now()
+	l.offset[node] = offset
 	l.mu.Unlock()
+}
+
+// offsets returns the last measured offset of each peer heard from within
+// fresh.
+func (l *liveness) offsets(fresh time.Duration) map[uint64]time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[uint64]time.Duration{}
+	for node, t := range l.heard {
+		if time.Since(t) <= fresh {
+			out[node] = l.offset[node]
+		}
+	}
+	return out
 }
 
 // silentFor reports how long node has been silent (forever if never

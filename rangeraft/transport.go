@@ -255,9 +255,10 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 			return err
 		}
-		t.s.live.record(batch.FromNode)
+		t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.Timestamp))
 		if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
-			t.s.log.Warn("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
+			// The node's clock monitor reports lasting skew (node/clock.go).
+			t.s.log.Debug("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 		}
 		for _, rm := range batch.Messages {
 			m := &raftpb.Message{}

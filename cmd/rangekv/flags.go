@@ -37,6 +37,7 @@ const (
 	flagRangeSplitQPS               = "range-split-qps"
 	flagWatchProgressNotifyInterval = "watch-progress-notify-interval"
 	flagEnablePprof                 = "enable-pprof"
+	flagUnsafeClockSkew             = "unsafe-clock-skew"
 	flagLogger                      = "logger"
 	flagLogLevel                    = "log-level"
 	flagLogOutputs                  = "log-outputs"
@@ -57,6 +58,7 @@ type options struct {
 	initialClusterState      *choiceValue
 	initialClusterToken      string
 	enablePprof              bool
+	unsafeClockSkew          time.Duration
 
 	heartbeatMs     uint
 	electionMs      uint
@@ -112,6 +114,10 @@ func newOptions() *options {
 	fs.Var(o.initialCluster, flagInitialCluster, `Founding members as comma-separated name=peerURL pairs; a name repeats for several URLs (default "${name}=${initial-advertise-peer-urls}").`)
 	fs.Var(o.initialClusterState, flagInitialClusterState, `"new" to bootstrap a cluster, "existing" to join one; ignored once the node has data.`)
 	fs.StringVar(&o.initialClusterToken, flagInitialClusterToken, d.InitialClusterToken, "Token unique to this cluster; keeps separate clusters from merging by mistake.")
+
+	// Testing only, hidden from --help.
+	fs.DurationVar(&o.unsafeClockSkew, flagUnsafeClockSkew, 0, "Shift this node's wall clock (fault injection for --max-clock-offset tests only).")
+	_ = fs.MarkHidden(flagUnsafeClockSkew)
 
 	// Profiling.
 	fs.BoolVar(&o.enablePprof, flagEnablePprof, false, `Serve Go runtime profiles over HTTP at the client URLs + "/debug/pprof/".`)
@@ -246,6 +252,7 @@ func resolve(o *options, environ []string) (settings, error) {
 	cfg.RangeSplitQPS = o.rangeSplitQPS
 	cfg.MaxClockOffset = o.maxClockOffset
 	cfg.EnablePprof = o.enablePprof
+	cfg.UnsafeClockSkew = o.unsafeClockSkew
 	cfg.WatchProgressNotifyInterval = o.watchProgress
 
 	if err := cfg.Validate(); err != nil {
