@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -68,6 +69,27 @@ type watcher struct {
 	// rs, when the keys lie in several ranges, are those ranges in key
 	// order (watch_multi.go); r is then rs[0]. Written by run under mu.
 	rs []*rangeraft.Replica
+	// advanceTo asks a multi-range watcher to make its ranges final up
+	// to this revision even without events pending (progress requests);
+	// poke wakes it.
+	advanceTo atomic.Int64
+	poke      chan struct{}
+}
+
+// requestAdvance asks the watcher to be synced through at least rev: a
+// multi-range watcher closes its ranges there (a single-range one is
+// synced whenever it has delivered its range's last event).
+func (w *watcher) requestAdvance(rev int64) {
+	for {
+		cur := w.advanceTo.Load()
+		if cur >= rev || w.advanceTo.CompareAndSwap(cur, rev) {
+			break
+		}
+	}
+	select {
+	case w.poke <- struct{}{}:
+	default:
+	}
 }
 
 // Watch implements etcd's Watch stream.
@@ -174,7 +196,7 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 	w := &watcher{
 		ws: ws, key: key, end: end,
 		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,
-		cancelc: make(chan struct{}),
+		cancelc: make(chan struct{}), poke: make(chan struct{}, 1),
 	}
 	for _, f := range c.Filters {
 		switch f {
@@ -456,10 +478,28 @@ func (w *watcher) synced() (int64, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	last := w.r.Feed().Last()
+	if len(w.rs) > 0 {
+		last = max(last, w.advanceTo.Load())
+	}
 	for _, r := range w.rs {
 		last = max(last, r.Feed().Last())
 	}
 	return w.next - 1, w.next > last
+}
+
+// advanceMulti asks every multi-range watcher of ws to become final
+// through now, so that a progress notification can report a revision no
+// older than the request.
+func (ws *watchStream) advanceMulti(ws2 []*watcher) {
+	now := ws.n.clock.Now()
+	for _, w := range ws2 {
+		w.mu.Lock()
+		multi := len(w.rs) > 0
+		w.mu.Unlock()
+		if multi {
+			w.requestAdvance(now)
+		}
+	}
 }
 
 // progressLoop sends periodic progress notifications to synced watchers
@@ -490,6 +530,10 @@ func (ws *watchStream) progressLoop() {
 				ws.send(&pb.WatchResponse{Header: ws.header(rev), WatchId: w.id})
 			}
 		}
+		// Multi-range watchers then advance to now, to report it at the
+		// next tick (asking first would leave them never synced at the
+		// moment of the check).
+		ws.advanceMulti(ws2)
 	}
 }
 
@@ -499,6 +543,13 @@ func (ws *watchStream) progressLoop() {
 func (ws *watchStream) progressAll() {
 	defer ws.wg.Done()
 	deadline := time.Now().Add(ws.n.reqTimeout)
+	ws.mu.Lock()
+	all := make([]*watcher, 0, len(ws.watchers))
+	for _, w := range ws.watchers {
+		all = append(all, w)
+	}
+	ws.mu.Unlock()
+	ws.advanceMulti(all)
 	for {
 		ws.mu.Lock()
 		all := make([]*watcher, 0, len(ws.watchers))

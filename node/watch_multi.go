@@ -40,9 +40,10 @@ type rangeMark struct {
 //  4. delivers them if no range changed meanwhile, and advances next past
 //     R.
 //
-// When nothing is final but some range has published beyond next, the
-// ranges behind are closed at the newest published revision (a Close
-// command through each one's raft log), which releases it. Otherwise the
+// When nothing is final but some range has published beyond next (or a
+// progress request asked for a revision beyond it, advanceTo), the ranges
+// behind are closed there (a Close command through each one's raft log),
+// which releases it. Otherwise the
 // watcher waits for any of the ranges to publish.
 func (w *watcher) runMulti() {
 	for {
@@ -63,7 +64,7 @@ func (w *watcher) runMulti() {
 			_, _, _, wait := r.Feed().Since(next-1, 0)
 			waits = append(waits, wait)
 		}
-		resolved, newest := rs[0].ReadableRevision(), int64(0)
+		resolved, newest := rs[0].ReadableRevision(), w.advanceTo.Load()
 		for _, r := range rs {
 			resolved = min(resolved, r.ReadableRevision())
 			newest = max(newest, r.Feed().Last())
@@ -254,12 +255,13 @@ func (w *watcher) waitAny(waits []<-chan struct{}) bool {
 	cases := make([]reflect.SelectCase, 0, len(waits)+2)
 	cases = append(cases,
 		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.cancelc)},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ws.ctx.Done())})
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ws.ctx.Done())},
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.poke)})
 	for _, c := range waits {
 		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c)})
 	}
 	chosen, _, _ := reflect.Select(cases)
-	return chosen >= 2
+	return chosen >= 2 // a feed published, or a progress request poked
 }
 
 // cancelWith ends the watch with a reason.

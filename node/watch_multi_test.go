@@ -122,3 +122,34 @@ func assertNoError(t *testing.T, err error) bool {
 	}
 	return true
 }
+
+// TestWatchProgressAcrossRanges checks RequestProgress on a watch of keys
+// in two idle ranges while another range, outside the watch, takes
+// writes: the notification's revision is at least that of a read of the
+// written key made before the request (the bookmark kube-apiserver's
+// consistent reads from its watch cache wait for).
+func TestWatchProgressAcrossRanges(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	for _, k := range []string{"c", "f"} {
+		_, _, err := lead.node().splitAt(ctxT(t, testWait), []byte(k))
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	cli := c.members[1].client
+	// Keys a..e: the ranges [.., c) and [c, f).
+	wch := cli.Watch(ctx, "a", clientv3.WithRange("e"), clientv3.WithCreatedNotify())
+	require.True(t, (<-wch).Created)
+	for round := range 3 {
+		_, err := c.members[0].client.Put(ctx, fmt.Sprintf("x%d", round), "v")
+		require.NoError(t, err)
+		read, err := c.members[2].client.Get(ctx, fmt.Sprintf("x%d", round))
+		require.NoError(t, err)
+		require.NoError(t, cli.RequestProgress(ctx))
+		resp := <-wch
+		require.NoError(t, resp.Err())
+		require.True(t, resp.IsProgressNotify(), "%+v", resp)
+		require.GreaterOrEqual(t, resp.Header.Revision, read.Header.Revision, "round %d", round)
+	}
+}
