@@ -133,6 +133,13 @@ func TestWorkloadsCountEveryRequest(t *testing.T) {
 	require.Equal(t, int64(400), rep.Ops[1].Requests, "each of two watchers delivers every put once")
 	require.Zero(t, rep.Ops[1].Errors)
 
+	idle, err := RunIdleWatchers(ctx, Config{Endpoints: []string{ep}, Clients: 2, Conns: 2, Prefix: "idle/"}, 50, 10*time.Millisecond)
+	require.NoError(t, err)
+	require.Equal(t, int64(50), idle.Ops[0].Requests)
+	require.Zero(t, idle.Ops[0].Errors)
+	require.NotNil(t, idle.Memory)
+	require.Equal(t, 50, idle.Memory.Watchers)
+
 	var table, js bytes.Buffer
 	require.NoError(t, rep.WriteTable(&table))
 	require.True(t, strings.Contains(table.String(), "watch"), table.String())

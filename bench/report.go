@@ -130,6 +130,8 @@ type Report struct {
 	// Server holds the CPU the local server processes used during the
 	// run, when they were found (ServerCPU).
 	Server *ServerCPU `json:"server,omitempty"`
+	// Memory is set by the watchers workload.
+	Memory *MemoryReport `json:"memory,omitempty"`
 	// Notes are facts about the run a reader needs (e.g. a watcher that
 	// fell behind).
 	Notes []string `json:"notes,omitempty"`

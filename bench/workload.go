@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -396,4 +398,117 @@ func SplitForRanges(ctx context.Context, c Config, n int) error {
 		}
 	}
 	return nil
+}
+
+// MemoryReport is what a set of idle watchers costs the server process
+// serving them, from its /metrics (Go heap and stack in use, and RSS).
+type MemoryReport struct {
+	Watchers int `json:"watchers"`
+	// HeapStackBytes and RSSBytes are the growth over the run.
+	HeapStackBytes int64 `json:"heap_stack_bytes"`
+	RSSBytes       int64 `json:"rss_bytes"`
+	// PerWatcherBytes is HeapStackBytes per watcher.
+	PerWatcherBytes int64 `json:"per_watcher_bytes"`
+	Goroutines      int64 `json:"goroutines_added"`
+}
+
+// serverMemory reads heap+stack in use, RSS and goroutines from an
+// endpoint's /metrics.
+func serverMemory(ctx context.Context, endpoint string) (heapStack, rss, goroutines int64, err error) {
+	if !strings.Contains(endpoint, "://") {
+		endpoint = "http://" + endpoint
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"/metrics", nil)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes":
+			heapStack += int64(v)
+		case "process_resident_memory_bytes":
+			rss = int64(v)
+		case "go_goroutines":
+			goroutines = int64(v)
+		}
+	}
+	if heapStack == 0 {
+		return 0, 0, 0, fmt.Errorf("bench: %s/metrics has no Go memory statistics", endpoint)
+	}
+	return heapStack, rss, goroutines, nil
+}
+
+// RunIdleWatchers opens n watchers of distinct keys under Prefix on the
+// first endpoint (spread over Conns connections, many watchers per gRPC
+// stream as clientv3 multiplexes them), waits until every one is created
+// and settle has passed, and reports what they cost that server
+// (rangekv or etcd: any server with Go's standard /metrics).
+func RunIdleWatchers(ctx context.Context, c Config, n int, settle time.Duration) (*Report, error) {
+	c = c.Defaults()
+	ep := c.Endpoints[0]
+	c.Endpoints = c.Endpoints[:1]
+	clients, err := dial(c)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(clients)
+	if _, err := clients[0].Get(ctx, c.Key(0)); err != nil {
+		return nil, fmt.Errorf("bench: %s not serving: %w", ep, err)
+	}
+	time.Sleep(settle)
+	hs0, rss0, g0, err := serverMemory(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rec := NewRecorder()
+	started := time.Now()
+	chans := make([]clientv3.WatchChan, n)
+	for i := range n {
+		t := time.Now()
+		chans[i] = clients[i%len(clients)].Watch(wctx, c.Key(i%c.KeySpace)+fmt.Sprintf("/%d", i), clientv3.WithCreatedNotify())
+		select {
+		case resp := <-chans[i]:
+			if err := resp.Err(); err != nil || !resp.Created {
+				rec.Observe(0, fmt.Errorf("watch not created: %v", err))
+				continue
+			}
+			rec.Observe(time.Since(t), nil)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	elapsed := time.Since(started)
+	time.Sleep(settle)
+	hs1, rss1, g1, err := serverMemory(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	mem := &MemoryReport{Watchers: n, HeapStackBytes: hs1 - hs0, RSSBytes: rss1 - rss0, Goroutines: g1 - g0}
+	if n > 0 {
+		mem.PerWatcherBytes = mem.HeapStackBytes / int64(n)
+	}
+	rep := &Report{Workload: "watchers", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
+		Ops: []OpReport{rec.Summarize("watch-create", elapsed)}, Memory: mem}
+	rep.Notes = append(rep.Notes, fmt.Sprintf("%d idle watchers on %s: heap+stack +%d B (%d B each), RSS +%d B, goroutines +%d",
+		n, ep, mem.HeapStackBytes, mem.PerWatcherBytes, mem.RSSBytes, mem.Goroutines))
+	return rep, nil
 }

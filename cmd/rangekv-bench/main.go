@@ -92,6 +92,24 @@ error grouped by message.`,
 	wl.Flags().IntVar(&watchers, "watchers", 1, "prefix watchers, opened before the puts")
 	wl.Flags().DurationVar(&grace, "grace", 5*time.Second, "how long to wait after the puts for events still in flight")
 	root.AddCommand(wl)
+	var count int
+	var settle time.Duration
+	iw := &cobra.Command{
+		Use:   "watchers",
+		Short: "Open --count idle watchers on the first endpoint and report what they cost its server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if count < 1 {
+				return fmt.Errorf("--count must be at least 1, got %d", count)
+			}
+			return o.run(cmd.Context(), out, errOut, func(ctx context.Context, c bench.Config) (*bench.Report, error) {
+				return bench.RunIdleWatchers(ctx, c, count, settle)
+			})
+		},
+	}
+	iw.Flags().IntVar(&count, "count", 10000, "idle watchers to open")
+	iw.Flags().DurationVar(&settle, "settle", 3*time.Second, "pause before each memory reading")
+	root.AddCommand(iw)
 	return root
 }
 
