@@ -73,7 +73,14 @@ type watcher struct {
 	// to this revision even without events pending (progress requests);
 	// poke wakes it.
 	advanceTo atomic.Int64
-	poke      chan struct{}
+	// wakes counts wake requests (advance requests, feed changes) so that
+	// a watcher about to park sees one that raced it (park).
+	wakes atomic.Int64
+	// running is set while a goroutine serves the watcher; an idle
+	// watcher has none and is parked on its feeds. Guarded by ws.mu.
+	running bool
+	// parkedOn are the feeds the watcher registered with. Guarded by mu.
+	parkedOn []*rangeraft.Feed
 }
 
 // requestAdvance asks the watcher to be synced through at least rev: a
@@ -86,9 +93,59 @@ func (w *watcher) requestAdvance(rev int64) {
 			break
 		}
 	}
-	select {
-	case w.poke <- struct{}{}:
-	default:
+	w.wakeUp()
+}
+
+// wakeUp starts a goroutine for the watcher unless one is running or the
+// watcher ended (cancelled, or its stream closed: ws.watchers no longer
+// holds it, so nothing starts after the stream's final wg.Wait).
+func (w *watcher) wakeUp() {
+	w.wakes.Add(1)
+	w.ws.mu.Lock()
+	defer w.ws.mu.Unlock()
+	if w.running || w.ws.watchers == nil || w.ws.watchers[w.id] != w {
+		return
+	}
+	w.running = true
+	w.ws.wg.Add(1)
+	go w.run()
+}
+
+// park leaves the watcher without a goroutine until one of the feeds
+// changes (each wait is the channel that feed's Since returned) or a wake
+// request comes. It returns false, parking nothing, when one of those
+// already happened since wakes read seen; the caller then looks again.
+// On true the caller's goroutine must return at once without touching
+// the watcher: another may be running it already.
+func (w *watcher) park(feeds []*rangeraft.Feed, waits []<-chan struct{}, seen int64) bool {
+	w.ws.mu.Lock()
+	w.running = false
+	w.ws.mu.Unlock()
+	w.mu.Lock()
+	w.parkedOn = feeds
+	w.mu.Unlock()
+	ok := true
+	for i, f := range feeds {
+		if !f.Park(w, waits[i], w.wakeUp) {
+			ok = false
+			break
+		}
+	}
+	if !ok || w.wakes.Load() != seen {
+		w.unpark()
+		w.wakeUp()
+	}
+	return true
+}
+
+// unpark removes the watcher's feed registrations.
+func (w *watcher) unpark() {
+	w.mu.Lock()
+	feeds := w.parkedOn
+	w.parkedOn = nil
+	w.mu.Unlock()
+	for _, f := range feeds {
+		f.Unpark(w)
 	}
 }
 
@@ -115,11 +172,15 @@ func (s *watchServer) Watch(srv pb.Watch_WatchServer) error {
 	err := <-errc
 	cancel()
 	ws.mu.Lock()
-	for _, w := range ws.watchers {
+	ended := ws.watchers
+	for _, w := range ended {
 		close(w.cancelc)
 	}
 	ws.watchers = nil
 	ws.mu.Unlock()
+	for _, w := range ended {
+		w.unpark()
+	}
 	ws.wg.Wait()
 	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
 		return nil
@@ -196,7 +257,7 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 	w := &watcher{
 		ws: ws, key: key, end: end,
 		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,
-		cancelc: make(chan struct{}), poke: make(chan struct{}, 1),
+		cancelc: make(chan struct{}),
 	}
 	for _, f := range c.Filters {
 		switch f {
@@ -273,6 +334,7 @@ func (ws *watchStream) create(c *pb.WatchCreateRequest) {
 		return
 	}
 	ws.watchers[id] = w
+	w.running = true
 	ws.wg.Add(1)
 	ws.mu.Unlock()
 	ws.send(&pb.WatchResponse{Header: ws.header(current), WatchId: id, Created: true})
@@ -288,6 +350,7 @@ func (ws *watchStream) cancel(id int64) {
 	}
 	ws.mu.Unlock()
 	if ok {
+		w.unpark()
 		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: id, Canceled: true})
 	}
 }
@@ -295,18 +358,28 @@ func (ws *watchStream) cancel(id int64) {
 // remove drops a watcher that ended itself (compacted).
 func (ws *watchStream) remove(id int64) {
 	ws.mu.Lock()
-	if w, ok := ws.watchers[id]; ok {
+	w, ok := ws.watchers[id]
+	if ok {
 		delete(ws.watchers, id)
 		close(w.cancelc)
 	}
 	ws.mu.Unlock()
+	if ok {
+		w.unpark()
+	}
 }
 
 // run delivers the watcher's events until it is cancelled or the stream
 // ends.
+//
+// An idle watcher does not keep its goroutine: it parks on its range's
+// feed (park) and a publish there starts it again, so ten thousand idle
+// watchers cost memory but no goroutines.
 func (w *watcher) run() {
 	defer w.ws.wg.Done()
+	w.unpark()
 	for {
+		seen := w.wakes.Load()
 		w.mu.Lock()
 		multi := len(w.rs) > 0
 		w.mu.Unlock()
@@ -344,13 +417,14 @@ func (w *watcher) run() {
 		}
 		if len(entries) == 0 {
 			select {
-			case <-wait:
-				continue
 			case <-w.cancelc:
 				return
 			case <-w.ws.ctx.Done():
 				return
+			default:
 			}
+			w.park([]*rangeraft.Feed{feed}, []<-chan struct{}{wait}, seen)
+			return
 		}
 		var evs []*mvccpb.Event
 		for _, e := range entries {

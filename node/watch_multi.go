@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -47,6 +46,7 @@ type rangeMark struct {
 // watcher waits for any of the ranges to publish.
 func (w *watcher) runMulti() {
 	for {
+		seen := w.wakes.Load()
 		rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
 		if err != nil {
 			w.cancelWith(err.Error())
@@ -60,9 +60,11 @@ func (w *watcher) runMulti() {
 
 		// The wait channels first: a publish after them closes them.
 		waits := make([]<-chan struct{}, 0, len(rs))
+		feeds := make([]*rangeraft.Feed, 0, len(rs))
 		for _, r := range rs {
 			_, _, _, wait := r.Feed().Since(next-1, 0)
 			waits = append(waits, wait)
+			feeds = append(feeds, r.Feed())
 		}
 		resolved, newest := rs[0].ReadableRevision(), w.advanceTo.Load()
 		for _, r := range rs {
@@ -77,10 +79,13 @@ func (w *watcher) runMulti() {
 				}
 				continue
 			}
-			if !w.waitAny(waits) {
-				return
+			select {
+			case <-w.cancelc:
+			case <-w.ws.ctx.Done():
+			default:
+				w.park(feeds, waits, seen)
 			}
-			continue
+			return
 		}
 
 		evs, upTo, ok := w.collect(rs, next, resolved)
@@ -248,20 +253,6 @@ func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
 		}
 	}
 	return true
-}
-
-// waitAny blocks until one of waits closes; false when the watcher ended.
-func (w *watcher) waitAny(waits []<-chan struct{}) bool {
-	cases := make([]reflect.SelectCase, 0, len(waits)+2)
-	cases = append(cases,
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.cancelc)},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ws.ctx.Done())},
-		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.poke)})
-	for _, c := range waits {
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c)})
-	}
-	chosen, _, _ := reflect.Select(cases)
-	return chosen >= 2 // a feed published, or a progress request poked
 }
 
 // cancelWith ends the watch with a reason.

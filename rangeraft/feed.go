@@ -28,6 +28,8 @@ type Feed struct {
 	floor     int64
 	last      int64
 	notify    chan struct{}
+	// parked readers to call back on the next change (Park).
+	parked map[any]func()
 }
 
 // NewFeed returns a feed whose window starts after rev and holds at most
@@ -54,7 +56,9 @@ func (f *Feed) Publish(rev int64, events []*mvccpb.Event) {
 	}
 	close(f.notify)
 	f.notify = make(chan struct{})
+	wake := f.takeParkedLocked()
 	f.mu.Unlock()
+	callAll(wake)
 }
 
 // Reset empties the window after the replica's state jumped (a snapshot
@@ -65,7 +69,9 @@ func (f *Feed) Reset(rev int64) {
 	f.floor, f.last = rev, max(rev, f.last)
 	close(f.notify)
 	f.notify = make(chan struct{})
+	wake := f.takeParkedLocked()
 	f.mu.Unlock()
+	callAll(wake)
 }
 
 // Since returns up to maxEntries entries with revision > after. inWindow is
@@ -114,5 +120,59 @@ func (f *Feed) Poke() {
 	f.mu.Lock()
 	close(f.notify)
 	f.notify = make(chan struct{})
+	wake := f.takeParkedLocked()
 	f.mu.Unlock()
+	callAll(wake)
+}
+
+// Park registers wake, under key, to be called once on the feed's next
+// change (Publish, Reset or Poke), so that an idle reader needs no
+// goroutine blocked on the wait channel. wait is the channel Since
+// returned: if the feed changed since (it is no longer current), nothing
+// is registered and Park returns false, and the reader must look again.
+// A key registered twice keeps the last wake. Callbacks run outside the
+// feed's lock, on a goroutine of their own, and must not block.
+func (f *Feed) Park(key any, wait <-chan struct{}, wake func()) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if wait != f.notify {
+		return false
+	}
+	if f.parked == nil {
+		f.parked = map[any]func(){}
+	}
+	f.parked[key] = wake
+	return true
+}
+
+// Unpark drops key's registration, if any (its reader ended).
+func (f *Feed) Unpark(key any) {
+	f.mu.Lock()
+	delete(f.parked, key)
+	f.mu.Unlock()
+}
+
+func (f *Feed) takeParkedLocked() []func() {
+	if len(f.parked) == 0 {
+		return nil
+	}
+	out := make([]func(), 0, len(f.parked))
+	for _, w := range f.parked {
+		out = append(out, w)
+	}
+	clear(f.parked)
+	return out
+}
+
+// callAll runs the wake callbacks on their own goroutine: a publish
+// happens on the apply path, which must not wait on thousands of readers.
+func callAll(fns []func()) {
+	if len(fns) == 0 {
+		return
+	}
+	go func() {
+		for _, fn := range fns {
+			fn()
+		}
+	}()
 }
