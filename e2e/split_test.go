@@ -1563,3 +1563,37 @@ func TestWatchAcrossSplit(t *testing.T) {
 		}
 	})
 }
+
+// TestMoveLeader moves the leadership of a range to each node in turn,
+// asking through a different node each time, checks that every node then
+// reports that leader and that the range keeps serving writes, and checks
+// the errors for a node without a voter and a malformed node ID.
+func TestMoveLeader(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 3, manualSplitsOnly...)
+	ids := c.nodeIDs()
+	c.splitAt(0, "m")
+	for round := range 2 {
+		for i := range c.nodes {
+			via := (i + 1) % 3
+			out := c.mustRctlOn(via, "range", "move-leader", "a", ids[i], "-w", "json")
+			var rows []rangeRow
+			require.NoError(t, json.Unmarshal([]byte(out), &rows), out)
+			require.Len(t, rows, 1)
+			require.Equal(t, ids[i], rows[0].LeaderNodeID, out)
+			rows = c.awaitLayout(ids, []string{"m"})
+			require.Equal(t, ids[i], rows[0].LeaderNodeID)
+			require.Equal(t, "OK\n", c.mustCtlOn(via, "put", fmt.Sprintf("a%d-%d", round, i), "v"))
+		}
+	}
+	var g jsonGet
+	mustCtlJSON(t, c.endpoints(), &g, "get", "a", "--prefix", "--keys-only")
+	require.Equal(t, int64(6), g.Count)
+
+	res := c.rctlOn(0, "range", "move-leader", "a", "1234")
+	require.Equal(t, 1, res.code, "%s", res)
+	require.Regexp(t, `^Error: rangekv: node 1234 holds no voter of range \d+$`, res.errLine())
+	res = c.rctlOn(0, "range", "move-leader", "a", "not-hex")
+	require.Equal(t, 1, res.code, "%s", res)
+	require.Equal(t, `Error: bad node ID "not-hex" (want the hex ID that node list prints)`, res.errLine())
+}

@@ -265,3 +265,60 @@ func (n *Node) metaTxn(ctx context.Context, txn *pb.TxnRequest) (*pb.TxnResponse
 		return pb.NewKVClient(cc).Txn(ctx, txn)
 	})
 }
+
+// MoveLeader transfers a range's leadership to the target node. On the
+// client URLs the range is the one holding req.Key and the call runs on
+// its leader (forwarded when another node leads); on the peer URLs it
+// runs on the named local range.
+func (s *rangesServer) MoveLeader(ctx context.Context, req *txnproto.MoveLeaderRequest) (*txnproto.MoveLeaderResponse, error) {
+	if req.TargetNode == 0 {
+		return nil, status.Error(codes.InvalidArgument, "rangekv: target node is not provided")
+	}
+	kv := &kvServer{n: s.n, peer: s.peer}
+	var route func() (*rangeraft.Replica, error)
+	switch {
+	case s.peer:
+		route = func() (*rangeraft.Replica, error) {
+			if r := s.n.store.Replica(req.RangeId); r != nil {
+				return r, nil
+			}
+			return nil, status.Errorf(codes.Unavailable, "%s: no replica of range %d", notLeaderPrefix, req.RangeId)
+		}
+	case len(req.Key) == 0:
+		return nil, status.Error(codes.InvalidArgument, "rangekv: key is not provided")
+	default:
+		route = func() (*rangeraft.Replica, error) { return s.n.userRange(req.Key) }
+	}
+	var rangeID uint64
+	_, err := onLeader(ctx, kv, route, true, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.MoveLeaderResponse, error) {
+		rangeID = r.RangeID
+		err := r.MoveLeader(ctx, req.TargetNode)
+		if errors.Is(err, rangeraft.ErrNotVoterNode) {
+			return nil, status.Errorf(codes.FailedPrecondition, "rangekv: node %x holds no voter of range %d", req.TargetNode, r.RangeID)
+		}
+		return &txnproto.MoveLeaderResponse{}, err
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*txnproto.MoveLeaderResponse, error) {
+		r, err := route()
+		if err != nil {
+			return nil, err
+		}
+		rangeID = r.RangeID
+		return txnproto.NewRangesClient(cc).MoveLeader(ctx, &txnproto.MoveLeaderRequest{RangeId: r.RangeID, TargetNode: req.TargetNode})
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Answer with this node's view once it sees the new leader.
+	r := s.n.store.Replica(rangeID)
+	for r != nil && r.Status().LeaderNode != req.TargetNode {
+		select {
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if r == nil {
+		return &txnproto.MoveLeaderResponse{}, nil
+	}
+	return &txnproto.MoveLeaderResponse{Range: s.n.rangeInfo(r)}, nil
+}

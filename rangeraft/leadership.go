@@ -1,10 +1,14 @@
 package rangeraft
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/rangekv/rangekv/txnproto"
 )
 
 // PeerClockOffsets returns, for each peer node heard from within fresh,
@@ -43,4 +47,47 @@ func (s *Store) ShedLeadership() int {
 		}
 	}
 	return started
+}
+
+// ErrNotVoterNode is returned by MoveLeader for a target node that holds
+// no voter of the range.
+var ErrNotVoterNode = errors.New("rangekv: the target node holds no voter of the range")
+
+// MoveLeader transfers the range's leadership to its voter on targetNode
+// (raft's leadership transfer: the leader brings the target up to date and
+// tells it to campaign at once) and waits, within ctx, until the target
+// leads. It fails with NotLeaderError if this replica does not lead and
+// with ErrNotVoterNode for a node without a voter of the range.
+func (r *Replica) MoveLeader(ctx context.Context, targetNode uint64) error {
+	r.mu.Lock()
+	if err := r.notLeaderLocked(); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	target := uint64(0)
+	for _, rd := range r.desc.Replicas {
+		if rd.NodeId == targetNode && rd.Type != txnproto.ReplicaType_LEARNER {
+			target = rd.ReplicaId
+		}
+	}
+	if target == 0 {
+		r.mu.Unlock()
+		return ErrNotVoterNode
+	}
+	if target != r.replicaID {
+		r.unquiesceLocked()
+		r.raw.TransferLeader(target)
+	}
+	r.mu.Unlock()
+	r.store.enqueue(r.RangeID)
+	for {
+		if r.Status().LeaderNode == targetNode {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }

@@ -1743,6 +1743,112 @@ func (x *CloseRangeResponse) GetReadableRevision() int64 {
 	return 0
 }
 
+// MoveLeaderRequest names a range by a key it holds (client URLs) or by
+// range_id (forwarded between nodes), and the node that should lead it.
+type MoveLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	RangeId       uint64                 `protobuf:"varint,2,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	TargetNode    uint64                 `protobuf:"varint,3,opt,name=target_node,json=targetNode,proto3" json:"target_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveLeaderRequest) Reset() {
+	*x = MoveLeaderRequest{}
+	mi := &file_rangekv_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveLeaderRequest) ProtoMessage() {}
+
+func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveLeaderRequest.ProtoReflect.Descriptor instead.
+func (*MoveLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MoveLeaderRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *MoveLeaderRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *MoveLeaderRequest) GetTargetNode() uint64 {
+	if x != nil {
+		return x.TargetNode
+	}
+	return 0
+}
+
+type MoveLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         *RangeInfo             `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveLeaderResponse) Reset() {
+	*x = MoveLeaderResponse{}
+	mi := &file_rangekv_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveLeaderResponse) ProtoMessage() {}
+
+func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveLeaderResponse.ProtoReflect.Descriptor instead.
+func (*MoveLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *MoveLeaderResponse) GetRange() *RangeInfo {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
 var File_rangekv_proto protoreflect.FileDescriptor
 
 const file_rangekv_proto_rawDesc = "" +
@@ -1870,13 +1976,20 @@ const file_rangekv_proto_rawDesc = "" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"A\n" +
 	"\x12CloseRangeResponse\x12+\n" +
-	"\x11readable_revision\x18\x01 \x01(\x03R\x10readableRevision*%\n" +
+	"\x11readable_revision\x18\x01 \x01(\x03R\x10readableRevision\"a\n" +
+	"\x11MoveLeaderRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x19\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\x12\x1f\n" +
+	"\vtarget_node\x18\x03 \x01(\x04R\n" +
+	"targetNode\"G\n" +
+	"\x12MoveLeaderResponse\x121\n" +
+	"\x05range\x18\x01 \x01(\v2\x1b.rangekv.txnproto.RangeInfoR\x05range*%\n" +
 	"\vReplicaType\x12\t\n" +
 	"\x05VOTER\x10\x00\x12\v\n" +
 	"\aLEARNER\x10\x012\xb3\x01\n" +
 	"\rRaftTransport\x12O\n" +
 	"\vRaftBatches\x12\".rangekv.txnproto.RaftMessageBatch\x1a\x1a.rangekv.txnproto.BatchAck(\x01\x12Q\n" +
-	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x012\xbb\x03\n" +
+	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x012\x94\x04\n" +
 	"\x06Ranges\x12W\n" +
 	"\n" +
 	"ListRanges\x12#.rangekv.txnproto.ListRangesRequest\x1a$.rangekv.txnproto.ListRangesResponse\x12P\n" +
@@ -1885,7 +1998,9 @@ const file_rangekv_proto_rawDesc = "" +
 	"SplitRange\x12#.rangekv.txnproto.SplitRangeRequest\x1a$.rangekv.txnproto.SplitRangeResponse\x12T\n" +
 	"\tListNodes\x12\".rangekv.txnproto.ListNodesRequest\x1a#.rangekv.txnproto.ListNodesResponse\x12W\n" +
 	"\n" +
-	"CloseRange\x12#.rangekv.txnproto.CloseRangeRequest\x1a$.rangekv.txnproto.CloseRangeResponseB%Z#github.com/rangekv/rangekv/txnprotob\x06proto3"
+	"CloseRange\x12#.rangekv.txnproto.CloseRangeRequest\x1a$.rangekv.txnproto.CloseRangeResponse\x12W\n" +
+	"\n" +
+	"MoveLeader\x12#.rangekv.txnproto.MoveLeaderRequest\x1a$.rangekv.txnproto.MoveLeaderResponseB%Z#github.com/rangekv/rangekv/txnprotob\x06proto3"
 
 var (
 	file_rangekv_proto_rawDescOnce sync.Once
@@ -1900,7 +2015,7 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
 	(*ReplicaDescriptor)(nil),  // 1: rangekv.txnproto.ReplicaDescriptor
@@ -1930,6 +2045,8 @@ var file_rangekv_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),  // 25: rangekv.txnproto.ListNodesResponse
 	(*CloseRangeRequest)(nil),  // 26: rangekv.txnproto.CloseRangeRequest
 	(*CloseRangeResponse)(nil), // 27: rangekv.txnproto.CloseRangeResponse
+	(*MoveLeaderRequest)(nil),  // 28: rangekv.txnproto.MoveLeaderRequest
+	(*MoveLeaderResponse)(nil), // 29: rangekv.txnproto.MoveLeaderResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
@@ -1950,25 +2067,28 @@ var file_rangekv_proto_depIdxs = []int32{
 	17, // 15: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
 	3,  // 16: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
 	24, // 17: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
-	12, // 18: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	15, // 19: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	18, // 20: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
-	20, // 21: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
-	21, // 22: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
-	23, // 23: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	26, // 24: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
-	13, // 25: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	16, // 26: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	19, // 27: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	17, // 28: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	22, // 29: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	25, // 30: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	27, // 31: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	17, // 18: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
+	12, // 19: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	15, // 20: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	18, // 21: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	20, // 22: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	21, // 23: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	23, // 24: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	26, // 25: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	28, // 26: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
+	13, // 27: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	16, // 28: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	19, // 29: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	17, // 30: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	22, // 31: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	25, // 32: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	27, // 33: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	29, // 34: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -1982,7 +2102,7 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -162,6 +162,7 @@ const (
 	Ranges_SplitRange_FullMethodName  = "/rangekv.txnproto.Ranges/SplitRange"
 	Ranges_ListNodes_FullMethodName   = "/rangekv.txnproto.Ranges/ListNodes"
 	Ranges_CloseRange_FullMethodName  = "/rangekv.txnproto.Ranges/CloseRange"
+	Ranges_MoveLeader_FullMethodName  = "/rangekv.txnproto.Ranges/MoveLeader"
 )
 
 // RangesClient is the client API for Ranges service.
@@ -179,6 +180,10 @@ type RangesClient interface {
 	// leadership and makes sure the range never writes at or below revision
 	// again, returning the revision through which the range is readable.
 	CloseRange(ctx context.Context, in *CloseRangeRequest, opts ...grpc.CallOption) (*CloseRangeResponse, error)
+	// MoveLeader transfers the leadership of a range to a node holding a
+	// voter of it (etcd's move-leader, per range); it answers once the
+	// target leads.
+	MoveLeader(ctx context.Context, in *MoveLeaderRequest, opts ...grpc.CallOption) (*MoveLeaderResponse, error)
 }
 
 type rangesClient struct {
@@ -239,6 +244,16 @@ func (c *rangesClient) CloseRange(ctx context.Context, in *CloseRangeRequest, op
 	return out, nil
 }
 
+func (c *rangesClient) MoveLeader(ctx context.Context, in *MoveLeaderRequest, opts ...grpc.CallOption) (*MoveLeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveLeaderResponse)
+	err := c.cc.Invoke(ctx, Ranges_MoveLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RangesServer is the server API for Ranges service.
 // All implementations must embed UnimplementedRangesServer
 // for forward compatibility.
@@ -254,6 +269,10 @@ type RangesServer interface {
 	// leadership and makes sure the range never writes at or below revision
 	// again, returning the revision through which the range is readable.
 	CloseRange(context.Context, *CloseRangeRequest) (*CloseRangeResponse, error)
+	// MoveLeader transfers the leadership of a range to a node holding a
+	// voter of it (etcd's move-leader, per range); it answers once the
+	// target leads.
+	MoveLeader(context.Context, *MoveLeaderRequest) (*MoveLeaderResponse, error)
 	mustEmbedUnimplementedRangesServer()
 }
 
@@ -278,6 +297,9 @@ func (UnimplementedRangesServer) ListNodes(context.Context, *ListNodesRequest) (
 }
 func (UnimplementedRangesServer) CloseRange(context.Context, *CloseRangeRequest) (*CloseRangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseRange not implemented")
+}
+func (UnimplementedRangesServer) MoveLeader(context.Context, *MoveLeaderRequest) (*MoveLeaderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveLeader not implemented")
 }
 func (UnimplementedRangesServer) mustEmbedUnimplementedRangesServer() {}
 func (UnimplementedRangesServer) testEmbeddedByValue()                {}
@@ -390,6 +412,24 @@ func _Ranges_CloseRange_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Ranges_MoveLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RangesServer).MoveLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ranges_MoveLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RangesServer).MoveLeader(ctx, req.(*MoveLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Ranges_ServiceDesc is the grpc.ServiceDesc for Ranges service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -416,6 +456,10 @@ var Ranges_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseRange",
 			Handler:    _Ranges_CloseRange_Handler,
+		},
+		{
+			MethodName: "MoveLeader",
+			Handler:    _Ranges_MoveLeader_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -102,6 +103,30 @@ func newRootCommand(out io.Writer) *cobra.Command {
 						return err
 					}
 					return g.printRanges(out, []*txnproto.RangeInfo{resp.Left, resp.Right})
+				})
+			},
+		},
+		&cobra.Command{
+			Use:   "move-leader KEY NODE_ID",
+			Short: "Transfer the leadership of the range holding KEY to NODE_ID (hex, as in node list)",
+			Args:  cobra.ExactArgs(2),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if args[0] == "" {
+					return errors.New("key is not provided")
+				}
+				target, err := strconv.ParseUint(args[1], 16, 64)
+				if err != nil || target == 0 {
+					return fmt.Errorf("bad node ID %q (want the hex ID that node list prints)", args[1])
+				}
+				return g.run(func(ctx context.Context, c txnproto.RangesClient) error {
+					resp, err := c.MoveLeader(ctx, &txnproto.MoveLeaderRequest{Key: []byte(args[0]), TargetNode: target})
+					if err != nil {
+						return err
+					}
+					if resp.Range == nil {
+						return nil
+					}
+					return g.printRanges(out, []*txnproto.RangeInfo{resp.Range})
 				})
 			},
 		},
