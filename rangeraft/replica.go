@@ -493,11 +493,19 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			res.Revision = rev
 			pubs = append(pubs, published{rev: rev, events: wb.Events})
 			delta.Add(wb.Delta)
+		} else if res.Err == nil && (cmd.DeleteRange != nil || cmd.Txn != nil) {
+			// A write that changed nothing (a delete of nothing, a txn
+			// whose branch only reads) makes no event, and as in etcd the
+			// range's last change stays its newest revision. But it
+			// answers with rev, the revision a change would have had, and
+			// closes the range there: etcd answers with the store's
+			// current revision, and the range's last change may be far
+			// older than revisions the client already saw elsewhere.
+			applied.ClosedRevision = max(applied.ClosedRevision, rev)
+			res.Revision = rev
 		} else {
-			// As in etcd, the revision advances only on change: a command
-			// that changed nothing (a failed compare without writes, a
-			// delete of nothing, a Compact) reports the latest revision.
-			res.Revision = applied.Revision
+			// A Compact, or a failed command, reports the latest revision.
+			res.Revision = max(applied.Revision, applied.ClosedRevision)
 		}
 		if cmd.ProposerNode == r.store.cfg.NodeID {
 			deliveries = append(deliveries, delivery{id: cmd.Id, res: res})
