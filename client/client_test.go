@@ -437,3 +437,53 @@ func TestClientUnreachableLeaderFallsBack(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, rs[0].LeaderNodeId, info.LeaderNodeId, "leader learned again")
 }
+
+// TestClientRoutesToSpreadLeaders spreads three ranges' leaderships over
+// the three nodes (Ranges.MoveLeader) and checks that, once warm, the
+// client sends each request straight to its range's leader: every node
+// gets exactly its ranges' requests, with no fallback and no route hint.
+// Moving a leader afterwards costs one hinted request, then routing is
+// direct again.
+func TestClientRoutesToSpreadLeaders(t *testing.T) {
+	cl := startCluster(t, 3)
+	ctx := ctxT(t)
+	c := newTestClient(t, cl.nodes[0].url())
+	split(t, ctx, c, "h")
+	split(t, ctx, c, "p")
+	rc := c.RangesClient()
+	for i, key := range []string{"a", "h", "p"} {
+		_, err := rc.MoveLeader(ctx, &txnproto.MoveLeaderRequest{Key: []byte(key), TargetNode: cl.nodes[i].id})
+		require.NoError(t, err)
+	}
+	rs := cl.settledRanges(cl.nodes...)
+	require.Len(t, rs, 3)
+	for i, r := range rs {
+		require.Equal(t, cl.nodes[i].id, r.LeaderNodeId, "range %d", r.RangeId)
+	}
+	want := map[string]string{}
+	for _, p := range []string{"a", "c", "h", "j", "p", "z"} {
+		want[p+"1"] = "v"
+	}
+	for k, v := range want {
+		_, err := c.Put(ctx, k, v)
+		require.NoError(t, err)
+	}
+	pass(t, ctx, c, want) // warm: cache filled and leaders learned
+	before := c.Stats()
+	pass(t, ctx, c, want)
+	after := c.Stats()
+	require.Equal(t, before.Fallback, after.Fallback, "no fallbacks once warm")
+	require.Equal(t, before.RouteHints, after.RouteHints, "no route hints once warm")
+	require.Equal(t, expectedDirect(rs, want), delta(before.DirectByNode, after.DirectByNode))
+
+	// Move the leader of the middle range: one hint, then direct again.
+	_, err := rc.MoveLeader(ctx, &txnproto.MoveLeaderRequest{Key: []byte("h"), TargetNode: cl.nodes[0].id})
+	require.NoError(t, err)
+	rs = cl.settledRanges(cl.nodes...)
+	pass(t, ctx, c, want)
+	before = c.Stats()
+	pass(t, ctx, c, want)
+	after = c.Stats()
+	require.Equal(t, before.RouteHints, after.RouteHints, "routing settled after one pass")
+	require.Equal(t, expectedDirect(rs, want), delta(before.DirectByNode, after.DirectByNode))
+}
