@@ -101,6 +101,13 @@ func TestWorkloadsCountEveryRequest(t *testing.T) {
 	require.Equal(t, int64(200), rep.Ops[0].Requests)
 	require.Zero(t, rep.Ops[0].Errors)
 
+	aware := base
+	aware.RangeAware = true
+	rep, err = RunPut(ctx, aware)
+	require.NoError(t, err)
+	require.Equal(t, int64(200), rep.Ops[0].Requests)
+	require.Zero(t, rep.Ops[0].Errors)
+
 	// Values over the server's request limit: every put fails, each
 	// counted under etcd's message.
 	big := base

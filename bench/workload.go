@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/rangekv/rangekv/client"
 	"github.com/rangekv/rangekv/txnproto"
 )
 
@@ -47,6 +48,10 @@ type Config struct {
 	ValueSize int
 	// DialTimeout bounds connecting; RequestTimeout each request.
 	DialTimeout, RequestTimeout time.Duration
+	// RangeAware sends KV requests through rangekv's range-aware client
+	// (package client: straight to each range's leader) instead of
+	// clientv3 (to any endpoint, which forwards). rangekv only.
+	RangeAware bool
 	// Progress, when set, receives a progress line every second.
 	Progress io.Writer
 }
@@ -90,6 +95,35 @@ func (c Config) Key(i int) string {
 	digits := len(fmt.Sprint(max(c.KeySpace-1, 0)))
 	width := max(digits, c.KeySize-len(c.Prefix))
 	return fmt.Sprintf("%s%0*d", c.Prefix, width, i)
+}
+
+// kvs returns the KV each connection's requests go through: the
+// range-aware client's routing KV when c.RangeAware, else the clientv3
+// client itself. The returned function closes what it opened.
+func kvs(c Config, clients []*clientv3.Client) ([]clientv3.KV, func(), error) {
+	out := make([]clientv3.KV, len(clients))
+	if !c.RangeAware {
+		for i, cli := range clients {
+			out[i] = cli
+		}
+		return out, func() {}, nil
+	}
+	var opened []*client.Client
+	closeAll := func() {
+		for _, rc := range opened {
+			rc.Close()
+		}
+	}
+	for i := range clients {
+		rc, err := client.New(client.Config{Endpoints: c.Endpoints, DialTimeout: c.DialTimeout, Logger: zap.NewNop()})
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("bench: range-aware client: %w", err)
+		}
+		opened = append(opened, rc)
+		out[i] = rc.KV
+	}
+	return out, closeAll, nil
 }
 
 // dial opens Conns clients.
@@ -219,6 +253,11 @@ func RunPut(ctx context.Context, c Config) (*Report, error) {
 		return nil, err
 	}
 	defer closeAll(clients)
+	kv, closeKV, err := kvs(c, clients)
+	if err != nil {
+		return nil, err
+	}
+	defer closeKV()
 	rec := NewRecorder()
 	val := value(c)
 	rnds := make([]*rand.Rand, c.Clients)
@@ -232,7 +271,7 @@ func RunPut(ctx context.Context, c Config) (*Report, error) {
 		key := c.Key(keyIndex(c, seq, rnds[client]))
 		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
 		t := time.Now()
-		_, err := clients[client%c.Conns].Put(rctx, key, val)
+		_, err := kv[client%c.Conns].Put(rctx, key, val)
 		cancel()
 		rec.Observe(time.Since(t), err)
 	})
@@ -308,6 +347,11 @@ func RunWatchLatency(ctx context.Context, c Config, watchers int, grace time.Dur
 		})
 	}
 
+	kv, closeKV, err := kvs(c, clients)
+	if err != nil {
+		return nil, err
+	}
+	defer closeKV()
 	putRec := NewRecorder()
 	val := value(c)
 	rnds := make([]*rand.Rand, c.Clients)
@@ -322,7 +366,7 @@ func RunWatchLatency(ctx context.Context, c Config, watchers int, grace time.Dur
 		key := c.Key(keyIndex(c, seq, rnds[client]))
 		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
 		t := time.Now()
-		resp, err := clients[client%c.Conns].Put(rctx, key, val)
+		resp, err := kv[client%c.Conns].Put(rctx, key, val)
 		cancel()
 		now := time.Now()
 		putRec.Observe(now.Sub(t), err)
