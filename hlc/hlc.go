@@ -76,10 +76,15 @@ func (c *Clock) Now() Timestamp {
 	return c.last
 }
 
-// Offset returns how far remote's physical time is ahead of this clock's
-// wall time (negative when behind), to millisecond precision.
-func (c *Clock) Offset(remote Timestamp) time.Duration {
-	return time.Duration(Physical(remote)-c.wallMS()) * time.Millisecond
+// WallMS returns the wall-clock reading (Unix milliseconds) the clock
+// is built on, without the logical part or anything observed from peers.
+func (c *Clock) WallMS() int64 { return c.wallMS() }
+
+// Offset returns how far a peer's wall clock reading remoteWallMS (Unix
+// milliseconds, read when it sent) is ahead of this clock's wall clock
+// (negative when behind), ignoring transit time.
+func (c *Clock) Offset(remoteWallMS int64) time.Duration {
+	return time.Duration(remoteWallMS-c.wallMS()) * time.Millisecond
 }
 
 // MaxOffset returns the skew bound the clock was created with.

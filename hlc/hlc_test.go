@@ -50,10 +50,10 @@ func TestUpdateRejectsLargeOffset(t *testing.T) {
 func TestOffset(t *testing.T) {
 	wall := int64(1_000_000)
 	c := NewWithWall(func() int64 { return wall }, 500*time.Millisecond)
-	if got := c.Offset(Make(wall+700, 3)); got != 700*time.Millisecond {
+	if got := c.Offset(wall + 700); got != 700*time.Millisecond {
 		t.Fatalf("Offset ahead = %v, want 700ms", got)
 	}
-	if got := c.Offset(Make(wall-250, 0)); got != -250*time.Millisecond {
+	if got := c.Offset(wall - 250); got != -250*time.Millisecond {
 		t.Fatalf("Offset behind = %v, want -250ms", got)
 	}
 	if c.MaxOffset() != 500*time.Millisecond {

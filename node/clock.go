@@ -48,8 +48,8 @@ func (c *clockState) get() string {
 
 // runClockMonitor enforces --max-clock-offset, as CockroachDB's remote
 // clock monitor does: every clockCheckInterval it takes the offset each
-// peer's last raft batch showed (its HLC's physical time against this
-// node's wall clock; batches flow every tick even when idle). A node off
+// peer's last raft batch showed (the sender's wall clock against this
+// node's, transit time ignored; batches flow every tick even when idle). A node off
 // by more than the maximum from more than half of its peers is the one
 // whose clock is wrong: it stops serving clients (KV and Watch fail with
 // Unavailable, /readyz fails its clock_offset check), hands the

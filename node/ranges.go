@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -198,6 +199,11 @@ func (s *rangesServer) splitForwarded(ctx context.Context, req *txnproto.SplitRa
 // CloseRange runs on the leader of a forwarded range: see
 // closeLocal.
 func (s *rangesServer) CloseRange(ctx context.Context, req *txnproto.CloseRangeRequest) (*txnproto.CloseRangeResponse, error) {
+	// A peer with a fast clock must not close ranges in the future: every
+	// later write would be pushed past it.
+	if req.Revision > s.n.maxIssuedRevision() {
+		return nil, rpctypes.ErrGRPCFutureRev
+	}
 	r := s.n.store.Replica(req.RangeId)
 	if r == nil {
 		return nil, status.Errorf(codes.Unavailable, "%s: no replica of range %d", notLeaderPrefix, req.RangeId)

@@ -118,9 +118,9 @@ func (w *watcher) wakeUp() {
 // On true the caller's goroutine must return at once without touching
 // the watcher: another may be running it already.
 func (w *watcher) park(feeds []*rangeraft.Feed, waits []<-chan struct{}, seen int64) bool {
-	w.ws.mu.Lock()
-	w.running = false
-	w.ws.mu.Unlock()
+	// Register while still marked running, so no second goroutine can
+	// start and park over this one; a wake in the meantime is counted in
+	// wakes and caught below.
 	w.mu.Lock()
 	w.parkedOn = feeds
 	w.mu.Unlock()
@@ -131,7 +131,16 @@ func (w *watcher) park(feeds []*rangeraft.Feed, waits []<-chan struct{}, seen in
 			break
 		}
 	}
-	if !ok || w.wakes.Load() != seen {
+	w.ws.mu.Lock()
+	w.running = false
+	alive := w.ws.watchers != nil && w.ws.watchers[w.id] == w
+	w.ws.mu.Unlock()
+	switch {
+	case !alive:
+		// Cancelled or the stream ended while registering: leave nothing
+		// behind.
+		w.unpark()
+	case !ok || w.wakes.Load() != seen:
 		w.unpark()
 		w.wakeUp()
 	}
@@ -222,8 +231,15 @@ func (ws *watchStream) recvLoop() error {
 		case *pb.WatchRequest_CancelRequest:
 			ws.cancel(u.CancelRequest.WatchId)
 		case *pb.WatchRequest_ProgressRequest:
-			ws.wg.Add(1)
-			go ws.progressAll()
+			ws.mu.Lock()
+			open := ws.watchers != nil
+			if open {
+				ws.wg.Add(1)
+			}
+			ws.mu.Unlock()
+			if open {
+				go ws.progressAll()
+			}
 		default:
 			// etcd ignores unknown request kinds.
 		}
@@ -387,6 +403,10 @@ func (w *watcher) run() {
 			w.runMulti()
 			return
 		}
+		// The generation before the span check and after the pull: a
+		// split in between would have the feed's entries end past events
+		// of keys that moved to the new range (found in review).
+		gen := w.r.Descriptor().Generation
 		if !w.r.Covers(w.span.Start, w.span.End) {
 			// The range split: follow the keys to their range (or ranges),
 			// catching up from its history.
@@ -409,6 +429,9 @@ func (w *watcher) run() {
 		next := w.next
 		w.mu.Unlock()
 		entries, inWindow, _, wait := feed.Since(next-1, maxFeedEntriesPerPull)
+		if w.r.Descriptor().Generation != gen {
+			continue
+		}
 		if !inWindow {
 			if !w.catchUpFromEngine(next, feed.Floor()) {
 				return
@@ -448,9 +471,11 @@ func (w *watcher) catchUpFromEngine(from, to int64) bool {
 		return false
 	}
 	to = min(to, view.Revision)
-	span := intersect(w.span, view.Span)
+	if !inSpan(view.Span, w.span.Start, w.span.End) {
+		return true // the range split: the caller follows the keys
+	}
 	var evs []*mvccpb.Event
-	err := kvstore.MVCCHistory(view.Reader, span, from, to, func(ev *mvccpb.Event) bool {
+	err := kvstore.MVCCHistory(view.Reader, w.span, from, to, func(ev *mvccpb.Event) bool {
 		evs = w.appendMatching(evs, []*mvccpb.Event{ev})
 		return true
 	})
@@ -548,17 +573,35 @@ func (w *watcher) responses(evs []*mvccpb.Event, covered int64) []*pb.WatchRespo
 
 // synced reports whether the watcher has been given every published event
 // and returns the revision through which it has.
+//
+// When synced, the revision reported is also at least the lowest readable
+// revision of the watcher's ranges, read before their feeds: a range
+// publishes every event before its applied state moves past it, so every
+// event at or below that revision was published, and so delivered. (A
+// no-op write answers with a fresh revision that closes its range without
+// an event; a progress notification must not report less than it.)
 func (w *watcher) synced() (int64, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	last := w.r.Feed().Last()
-	if len(w.rs) > 0 {
-		last = max(last, w.advanceTo.Load())
+	rs := w.rs
+	if len(rs) == 0 {
+		rs = []*rangeraft.Replica{w.r}
 	}
-	for _, r := range w.rs {
+	readable := rs[0].ReadableRevision()
+	for _, r := range rs[1:] {
+		readable = min(readable, r.ReadableRevision())
+	}
+	last := int64(0)
+	if len(w.rs) > 0 {
+		last = w.advanceTo.Load()
+	}
+	for _, r := range rs {
 		last = max(last, r.Feed().Last())
 	}
-	return w.next - 1, w.next > last
+	if w.next <= last {
+		return w.next - 1, false
+	}
+	return max(w.next-1, readable), true
 }
 
 // advanceMulti asks every multi-range watcher of ws to become final

@@ -243,8 +243,11 @@ func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
 	}()
 	// Close at the clock's now rather than at rev (never below it): one
 	// round then releases whatever else was published meanwhile. All
-	// ranges at once: a close is a raft round trip on each.
-	rev = max(rev, w.ws.n.clock.Now())
+	// ranges at once: a close is a raft round trip on each. A node whose
+	// clock is off (runClockMonitor) closes nothing at its own now.
+	if w.ws.n.clockCheck.get() == "" {
+		rev = max(rev, w.ws.n.clock.Now())
+	}
 	var wg sync.WaitGroup
 	for _, r := range rs {
 		if r.ReadableRevision() >= rev {

@@ -30,7 +30,10 @@ func (s *Store) ShedLeadership() int {
 		if r.raw.BasicStatus().RaftState == raft.StateLeader && r.raw.BasicStatus().LeadTransferee == raft.None {
 			var target, best uint64
 			r.raw.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
-				if id != r.replicaID && typ == raft.ProgressTypePeer && !pr.IsLearner && pr.Match >= best {
+				// Only to a node heard from lately: a transfer to a dead
+				// node stalls proposals until raft gives it up.
+				live := s.live.silentFor(r.nodeOfReplicaLocked(id)) < s.electionTimeout()
+				if id != r.replicaID && typ == raft.ProgressTypePeer && !pr.IsLearner && live && pr.Match >= best {
 					target, best = id, pr.Match
 				}
 			})

@@ -38,13 +38,19 @@ type liveness struct {
 	offset map[uint64]time.Duration
 }
 
-func (l *liveness) record(node uint64, offset time.Duration) {
+// record notes that node was heard from and, when measured (a batch
+// without a wall-clock reading is not), its clock offset.
+func (l *liveness) record(node uint64, offset time.Duration, measured bool) {
 	l.mu.Lock()
 	if l.heard == nil {
 		l.heard, l.offset = map[uint64]time.Time{}, map[uint64]time.Duration{}
 	}
 	l.heard[node] = time.Now()
-	l.offset[node] = offset
+	if measured {
+		l.offset[node] = offset
+	} else {
+		delete(l.offset, node)
+	}
 	l.mu.Unlock()
 }
 
@@ -55,8 +61,8 @@ func (l *liveness) offsets(fresh time.Duration) map[uint64]time.Duration {
 	defer l.mu.Unlock()
 	out := map[uint64]time.Duration{}
 	for node, t := range l.heard {
-		if time.Since(t) <= fresh {
-			out[node] = l.offset[node]
+		if off, ok := l.offset[node]; ok && time.Since(t) <= fresh {
+			out[node] = off
 		}
 	}
 	return out

@@ -527,7 +527,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 	}
 	finish := func() {
 		r.store.metrics.proposalsApplied.Add(float64(len(ents)))
-		_ = r.store.cfg.Clock.Update(applied.Revision)
+		_ = r.store.cfg.Clock.Update(max(applied.Revision, applied.ClosedRevision))
 		for _, p := range pubs {
 			r.feed.Publish(p.rev, p.events)
 		}

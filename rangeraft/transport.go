@@ -167,11 +167,12 @@ func (t *Transport) runPeer(p *peer) {
 			}
 		}
 		batch := &txnproto.RaftMessageBatch{
-			ClusterId: t.s.cfg.ClusterID,
-			FromNode:  t.s.cfg.NodeID,
-			ToNode:    p.nodeID,
-			Timestamp: t.s.cfg.Clock.Now(),
-			Messages:  msgs,
+			ClusterId:  t.s.cfg.ClusterID,
+			FromNode:   t.s.cfg.NodeID,
+			ToNode:     p.nodeID,
+			Timestamp:  t.s.cfg.Clock.Now(),
+			WallTimeMs: t.s.cfg.Clock.WallMS(),
+			Messages:   msgs,
 		}
 		if err := stream.Send(batch); err != nil {
 			// Find out why (a rejected cluster ID comes back as the
@@ -255,7 +256,7 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 			return err
 		}
-		t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.Timestamp))
+		t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.WallTimeMs), batch.WallTimeMs > 0)
 		if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
 			// The node's clock monitor reports lasting skew (node/clock.go).
 			t.s.log.Debug("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))

@@ -842,8 +842,12 @@ type RaftMessageBatch struct {
 	FromNode  uint64                 `protobuf:"varint,2,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
 	ToNode    uint64                 `protobuf:"varint,3,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
 	// timestamp is the sender's HLC when the batch was sent.
-	Timestamp     int64          `protobuf:"varint,4,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
-	Messages      []*RaftMessage `protobuf:"bytes,5,rep,name=messages,proto3" json:"messages,omitempty"`
+	Timestamp int64          `protobuf:"varint,4,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	Messages  []*RaftMessage `protobuf:"bytes,5,rep,name=messages,proto3" json:"messages,omitempty"`
+	// wall_time_ms is the sender's wall clock (Unix milliseconds) when the
+	// batch was sent: the receiver's clock-offset measurement. The HLC
+	// above cannot serve, since peers push each other's HLC forward.
+	WallTimeMs    int64 `protobuf:"varint,6,opt,name=wall_time_ms,json=wallTimeMs,proto3" json:"wall_time_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -911,6 +915,13 @@ func (x *RaftMessageBatch) GetMessages() []*RaftMessage {
 		return x.Messages
 	}
 	return nil
+}
+
+func (x *RaftMessageBatch) GetWallTimeMs() int64 {
+	if x != nil {
+		return x.WallTimeMs
+	}
+	return 0
 }
 
 // BatchAck ends a RaftBatches stream.
@@ -1912,14 +1923,16 @@ const file_rangekv_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
-	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xc0\x01\n" +
+	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xe2\x01\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\x04R\bfromNode\x12\x17\n" +
 	"\ato_node\x18\x03 \x01(\x04R\x06toNode\x12\x1c\n" +
 	"\ttimestamp\x18\x04 \x01(\x03R\ttimestamp\x129\n" +
-	"\bmessages\x18\x05 \x03(\v2\x1d.rangekv.txnproto.RaftMessageR\bmessages\"\n" +
+	"\bmessages\x18\x05 \x03(\v2\x1d.rangekv.txnproto.RaftMessageR\bmessages\x12 \n" +
+	"\fwall_time_ms\x18\x06 \x01(\x03R\n" +
+	"wallTimeMs\"\n" +
 	"\n" +
 	"\bBatchAck\"2\n" +
 	"\bKeyValue\x12\x10\n" +
