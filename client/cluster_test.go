@@ -122,6 +122,7 @@ func startCluster(t testing.TB, n int) *testCluster {
 		cfg.HeartbeatInterval = 20 * time.Millisecond
 		cfg.ElectionTimeout = 200 * time.Millisecond
 		cfg.RangeMaxBytes, cfg.RangeSplitQPS = 0, 0 // manual splits only
+		cfg.LeaderBalance = false                   // leaders stay where tests put them
 		initial = append(initial, node.InitialMember{Name: cfg.Name, PeerURLs: []url.URL{peerURL}})
 		c.nodes = append(c.nodes, &testNode{cfg: cfg})
 	}

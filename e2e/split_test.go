@@ -33,8 +33,9 @@ import (
 const splitTimeout = 30 * time.Second
 
 // manualSplitsOnly are node flags turning off automatic splits (by size
-// and by load), so that the tests know every range boundary.
-var manualSplitsOnly = []string{"--range-max-bytes", "0", "--range-split-qps", "0"}
+// and by load) and leader balancing, so that the tests know every range
+// boundary and where leaders stay.
+var manualSplitsOnly = []string{"--range-max-bytes", "0", "--range-split-qps", "0", "--leader-balance=false"}
 
 // JSON shapes of `rangekvctl -w json` output.
 

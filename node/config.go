@@ -48,6 +48,9 @@ type Config struct {
 	// RangeSplitQPS is the request rate, per second over 10s, past which a
 	// range splits where its sampled load divides; 0 disables it.
 	RangeSplitQPS float64
+	// LeaderBalance moves range leaderships from the node leading the most
+	// user ranges to the one leading the fewest (placement's first job).
+	LeaderBalance bool
 	// MaxClockOffset bounds accepted HLC skew between nodes.
 	MaxClockOffset time.Duration
 	// UnsafeClockSkew shifts this node's wall clock, for fault-injection

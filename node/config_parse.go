@@ -59,6 +59,7 @@ func DefaultConfig() Config {
 		SnapshotCount:               cfgDefaultSnapshotCount,
 		RangeMaxBytes:               64 << 20,
 		RangeSplitQPS:               2500,
+		LeaderBalance:               true,
 		MaxClockOffset:              cfgDefaultMaxClockOffset,
 		WatchProgressNotifyInterval: cfgDefaultWatchProgressNotifyIntvl,
 	}

@@ -114,12 +114,13 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		return nil, err
 	}
 	store.Start()
-	n.wg.Add(5)
+	n.wg.Add(6)
 	go n.watchFatal()
 	go n.publishMember()
 	go n.runSplitQueue()
 	go n.runDirectoryRepair()
 	go n.runClockMonitor()
+	go n.runLeaderBalancer()
 	ok = true
 	lg.Info("rangekv node started",
 		zap.String("name", cfg.Name),

@@ -35,6 +35,7 @@ const (
 	flagMaxClockOffset              = "max-clock-offset"
 	flagRangeMaxBytes               = "range-max-bytes"
 	flagRangeSplitQPS               = "range-split-qps"
+	flagLeaderBalance               = "leader-balance"
 	flagWatchProgressNotifyInterval = "watch-progress-notify-interval"
 	flagEnablePprof                 = "enable-pprof"
 	flagUnsafeClockSkew             = "unsafe-clock-skew"
@@ -58,6 +59,7 @@ type options struct {
 	initialClusterState      *choiceValue
 	initialClusterToken      string
 	enablePprof              bool
+	leaderBalance            bool
 	unsafeClockSkew          time.Duration
 
 	heartbeatMs     uint
@@ -104,6 +106,7 @@ func newOptions() *options {
 	fs.IntVar(&o.maxRequestBytes, flagMaxRequestBytes, d.MaxRequestBytes, "Largest client request, in bytes, the server accepts.")
 	fs.IntVar(&o.maxTxnOps, flagMaxTxnOps, d.MaxTxnOps, "Most operations allowed in one transaction branch.")
 	fs.Int64Var(&o.rangeMaxBytes, flagRangeMaxBytes, d.RangeMaxBytes, "A range larger than this many bytes splits in two; 0 disables size-based splits.")
+	fs.BoolVar(&o.leaderBalance, flagLeaderBalance, d.LeaderBalance, "Spread range leaderships evenly over the nodes by moving them from the node leading the most user ranges.")
 	fs.Float64Var(&o.rangeSplitQPS, flagRangeSplitQPS, d.RangeSplitQPS, "A range serving more requests per second than this, sustained over 10s, splits where its load divides; 0 disables load-based splits.")
 	fs.DurationVar(&o.maxClockOffset, flagMaxClockOffset, d.MaxClockOffset, "Largest clock skew tolerated between nodes; a node further off stops serving.")
 	fs.DurationVar(&o.watchProgress, flagWatchProgressNotifyInterval, d.WatchProgressNotifyInterval, "Period of progress notifications to watchers that request them.")
@@ -250,6 +253,7 @@ func resolve(o *options, environ []string) (settings, error) {
 	}
 	cfg.RangeMaxBytes = o.rangeMaxBytes
 	cfg.RangeSplitQPS = o.rangeSplitQPS
+	cfg.LeaderBalance = o.leaderBalance
 	cfg.MaxClockOffset = o.maxClockOffset
 	cfg.EnablePprof = o.enablePprof
 	cfg.UnsafeClockSkew = o.unsafeClockSkew

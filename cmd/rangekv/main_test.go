@@ -193,6 +193,7 @@ func TestEnv(t *testing.T) {
 			"RANGEKV_MAX_CLOCK_OFFSET=1s",
 			"RANGEKV_WATCH_PROGRESS_NOTIFY_INTERVAL=1m",
 			"RANGEKV_ENABLE_PPROF=true",
+			"RANGEKV_LEADER_BALANCE=false",
 			"RANGEKV_UNSAFE_CLOCK_SKEW=2s",
 			"RANGEKV_LOGGER=zap",
 			"RANGEKV_LOG_LEVEL=warn",
@@ -201,13 +202,13 @@ func TestEnv(t *testing.T) {
 		}
 		s := mustParse(t, nil, env...)
 		c := s.cfg
-		got := fmt.Sprintf("%s %s %s %s %s %s %s %s %s %v %v %d %d %d %d %v %v %v %v %v %v %v",
+		got := fmt.Sprintf("%s %s %s %s %s %s %s %s %s %v %v %d %d %d %d %v %v %v %v %v %v %v %v",
 			c.Name, c.DataDir, urls(c.ListenClientURLs), urls(c.AdvertiseClientURLs), urls(c.ListenPeerURLs),
 			urls(c.InitialAdvertisePeerURLs), node.FormatInitialCluster(c.InitialCluster), c.InitialClusterState,
 			c.InitialClusterToken, c.HeartbeatInterval, c.ElectionTimeout, c.MaxRequestBytes, c.MaxTxnOps,
-			c.SnapshotCount, c.RangeMaxBytes, c.RangeSplitQPS, c.MaxClockOffset, c.WatchProgressNotifyInterval, c.EnablePprof, c.UnsafeClockSkew, s.logLevel, s.logOutputs)
+			c.SnapshotCount, c.RangeMaxBytes, c.RangeSplitQPS, c.MaxClockOffset, c.WatchProgressNotifyInterval, c.EnablePprof, c.UnsafeClockSkew, c.LeaderBalance, s.logLevel, s.logOutputs)
 		want := "infra3 /d http://127.0.0.1:32379 http://127.0.0.1:32379 http://127.0.0.1:32380 http://127.0.0.1:32380 " +
-			"infra3=http://127.0.0.1:32380 existing etcd-cluster-1 20ms 200ms 100 3 7 4096 50.5 1s 1m0s true 2s warn [stdout]"
+			"infra3=http://127.0.0.1:32380 existing etcd-cluster-1 20ms 200ms 100 3 7 4096 50.5 1s 1m0s true 2s false warn [stdout]"
 		if got != want {
 			t.Fatalf("config from env:\n got  %s\n want %s", got, want)
 		}
