@@ -81,6 +81,8 @@ type watcher struct {
 	running bool
 	// parkedOn are the feeds the watcher registered with. Guarded by mu.
 	parkedOn []*rangeraft.Feed
+	// sendMu orders the watcher's responses with its cancel response.
+	sendMu sync.Mutex
 }
 
 // requestAdvance asks the watcher to be synced through at least rev: a
@@ -367,7 +369,11 @@ func (ws *watchStream) cancel(id int64) {
 	ws.mu.Unlock()
 	if ok {
 		w.unpark()
+		// After any response being sent (sendMu): the client sees no
+		// event of this watcher after its cancel.
+		w.sendMu.Lock()
 		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: id, Canceled: true})
+		w.sendMu.Unlock()
 	}
 }
 
@@ -529,12 +535,18 @@ func (w *watcher) matches(key []byte) bool {
 func (w *watcher) deliver(evs []*mvccpb.Event, covered int64) bool {
 	if len(evs) > 0 {
 		for _, resp := range w.responses(evs, covered) {
+			// Under sendMu, so that no event follows the cancel response
+			// (whose ID a client may reuse at once).
+			w.sendMu.Lock()
 			select {
 			case <-w.cancelc:
+				w.sendMu.Unlock()
 				return false
 			default:
 			}
-			if !w.ws.send(resp) {
+			ok := w.ws.send(resp)
+			w.sendMu.Unlock()
+			if !ok {
 				return false
 			}
 		}
