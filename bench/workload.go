@@ -152,7 +152,7 @@ func closeAll(clients []*clientv3.Client) {
 //
 // The run's end stops issuing; requests in flight then complete (within
 // RequestTimeout) and are counted: none is cut short by the clock.
-func drive(ctx context.Context, c Config, issued *atomic.Int64, op func(ctx context.Context, client, seq int)) time.Duration {
+func drive(ctx context.Context, c Config, op func(ctx context.Context, client, seq int)) time.Duration {
 	// Only issuing stops at the deadline; requests run under ctx.
 	issue := ctx
 	if c.Duration > 0 {
@@ -166,7 +166,8 @@ func drive(ctx context.Context, c Config, issued *atomic.Int64, op func(ctx cont
 	}
 	var seq atomic.Int64
 	start := time.Now()
-	stopProgress := progress(c, issued, start)
+	var issued atomic.Int64
+	stopProgress := progress(c, &issued, start)
 	var wg sync.WaitGroup
 	for client := range c.Clients {
 		wg.Go(func() {
@@ -228,6 +229,31 @@ func keyIndex(c Config, seq int, rnd *rand.Rand) int {
 	return rnd.IntN(c.KeySpace)
 }
 
+// putLoad drives puts of ValueSize values at the configured keys
+// (request seq of client i picks its key with a generator seeded from i
+// and seed) through kv, recording each in rec, and returns the run's
+// length. onAck, when set, sees every acknowledged put as it returns.
+func putLoad(ctx context.Context, c Config, kv []clientv3.KV, seed uint64, rec *Recorder,
+	onAck func(key string, resp *clientv3.PutResponse, at time.Time)) time.Duration {
+	val := value(c)
+	rnds := make([]*rand.Rand, c.Clients)
+	for i := range rnds {
+		rnds[i] = rand.New(rand.NewPCG(uint64(i), seed))
+	}
+	return drive(ctx, c, func(ctx context.Context, client, seq int) {
+		key := c.Key(keyIndex(c, seq, rnds[client]))
+		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+		t := time.Now()
+		resp, err := kv[client%c.Conns].Put(rctx, key, val)
+		cancel()
+		now := time.Now()
+		rec.Observe(now.Sub(t), err)
+		if err == nil && onAck != nil {
+			onAck(key, resp, now)
+		}
+	})
+}
+
 // measureServer starts measuring the CPU of the local servers of the
 // endpoints; the returned function reports it for ops operations.
 func measureServer(endpoints []string) func(ops int64) *ServerCPU {
@@ -259,22 +285,9 @@ func RunPut(ctx context.Context, c Config) (*Report, error) {
 	}
 	defer closeKV()
 	rec := NewRecorder()
-	val := value(c)
-	rnds := make([]*rand.Rand, c.Clients)
-	for i := range rnds {
-		rnds[i] = rand.New(rand.NewPCG(uint64(i), 42))
-	}
 	cpu := measureServer(c.Endpoints)
 	started := time.Now()
-	var issued atomic.Int64
-	elapsed := drive(ctx, c, &issued, func(ctx context.Context, client, seq int) {
-		key := c.Key(keyIndex(c, seq, rnds[client]))
-		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
-		t := time.Now()
-		_, err := kv[client%c.Conns].Put(rctx, key, val)
-		cancel()
-		rec.Observe(time.Since(t), err)
-	})
+	elapsed := putLoad(ctx, c, kv, 42, rec, nil)
 	op := rec.Summarize("put", elapsed)
 	return &Report{Workload: "put", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
 		Ops: []OpReport{op}, Server: cpu(op.Requests - op.Errors)}, nil
@@ -353,30 +366,12 @@ func RunWatchLatency(ctx context.Context, c Config, watchers int, grace time.Dur
 	}
 	defer closeKV()
 	putRec := NewRecorder()
-	val := value(c)
-	rnds := make([]*rand.Rand, c.Clients)
-	for i := range rnds {
-		rnds[i] = rand.New(rand.NewPCG(uint64(i), 7))
-	}
 	cpu := measureServer(c.Endpoints)
 	started := time.Now()
-	var issued atomic.Int64
-	var ackedCount atomic.Int64
-	elapsed := drive(ctx, c, &issued, func(ctx context.Context, client, seq int) {
-		key := c.Key(keyIndex(c, seq, rnds[client]))
-		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
-		t := time.Now()
-		resp, err := kv[client%c.Conns].Put(rctx, key, val)
-		cancel()
-		now := time.Now()
-		putRec.Observe(now.Sub(t), err)
-		if err != nil {
-			return
-		}
-		ackedCount.Add(1)
+	elapsed := putLoad(ctx, c, kv, 7, putRec, func(key string, resp *clientv3.PutResponse, at time.Time) {
 		id := ident{key, resp.Header.Revision}
 		mu.Lock()
-		acked[id] = now
+		acked[id] = at
 		for range early[id] {
 			watchRec.Observe(0, nil)
 		}
@@ -410,7 +405,7 @@ func RunWatchLatency(ctx context.Context, c Config, watchers int, grace time.Dur
 	puts := putRec.Summarize("put", elapsed)
 	watch := watchRec.Summarize("watch", elapsed)
 	rep := &Report{Workload: "watch-latency", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
-		Ops: []OpReport{puts, watch}, Server: cpu(ackedCount.Load())}
+		Ops: []OpReport{puts, watch}, Server: cpu(puts.Requests - puts.Errors)}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("%d prefix watcher(s) on %q; watch latency is put acknowledgement to event delivery", watchers, c.Prefix))
 	return rep, nil
 }

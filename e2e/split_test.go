@@ -56,6 +56,17 @@ type rangeRow struct {
 	QPS          float64        `json:"qps"`
 }
 
+// leaderIndex returns the index, in ids, of the node leading the row
+// that holds key (-1 when none does).
+func leaderIndex(rows []rangeRow, ids []string, key string) int {
+	for _, r := range rows {
+		if r.holds(key) {
+			return slices.Index(ids, r.LeaderNodeID)
+		}
+	}
+	return -1
+}
+
 // holds reports whether key lies in the row's span [start, end).
 func (r rangeRow) holds(key string) bool {
 	return key >= r.StartKey && (r.EndKey == "" || key < r.EndKey)
@@ -1104,12 +1115,7 @@ func TestSplitKillNode(t *testing.T) {
 			c := c.on(t)
 			log.t = t
 			rows := c.awaitLayout(ids, bounds)
-			var leader int
-			for _, r := range rows {
-				if r.holds(tc.key) {
-					leader = slices.Index(ids, r.LeaderNodeID)
-				}
-			}
+			leader := leaderIndex(rows, ids, tc.key)
 			via := leader
 			if !tc.direct {
 				via = (leader + 1) % 3
@@ -1214,12 +1220,7 @@ func TestSplitKillMidApply(t *testing.T) {
 			c := c.on(t)
 			log.t = t
 			rows := c.awaitLayout(ids, bounds)
-			var leader int
-			for _, r := range rows {
-				if r.holds(tc.key) {
-					leader = slices.Index(ids, r.LeaderNodeID)
-				}
-			}
+			leader := leaderIndex(rows, ids, tc.key)
 			victim := leader
 			if !tc.leader {
 				victim = (leader + 1) % 3

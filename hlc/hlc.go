@@ -87,9 +87,6 @@ func (c *Clock) Offset(remoteWallMS int64) time.Duration {
 	return time.Duration(remoteWallMS-c.wallMS()) * time.Millisecond
 }
 
-// MaxOffset returns the skew bound the clock was created with.
-func (c *Clock) MaxOffset() time.Duration { return c.maxOffset }
-
 // Peek returns the last timestamp issued or observed without advancing.
 func (c *Clock) Peek() Timestamp {
 	c.mu.Lock()

@@ -56,7 +56,4 @@ func TestOffset(t *testing.T) {
 	if got := c.Offset(wall - 250); got != -250*time.Millisecond {
 		t.Fatalf("Offset behind = %v, want -250ms", got)
 	}
-	if c.MaxOffset() != 500*time.Millisecond {
-		t.Fatalf("MaxOffset = %v", c.MaxOffset())
-	}
 }

@@ -46,7 +46,7 @@ func (c *clockState) get() string {
 	return ""
 }
 
-// runClockMonitor enforces --max-clock-offset, as CockroachDB's remote
+// clockMonitor enforces --max-clock-offset, as CockroachDB's remote
 // clock monitor does: every clockCheckInterval it takes the offset each
 // peer's last raft batch showed (the sender's wall clock against this
 // node's, transit time ignored; batches flow every tick even when idle). A node off
@@ -56,21 +56,13 @@ func (c *clockState) get() string {
 // leadership of its ranges to other nodes, and logs why. It serves again
 // once its clock is back within bounds. A peer that is off from only a
 // minority does not stop.
-func (n *Node) runClockMonitor() {
-	defer n.wg.Done()
+func (n *Node) clockMonitor() (time.Duration, func()) {
 	peers := len(n.ident.InitialMembers) - 1
 	if peers <= 0 {
-		return
+		return 0, nil
 	}
 	limit := n.cfg.MaxClockOffset
-	t := time.NewTicker(clockCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopc:
-			return
-		case <-t.C:
-		}
+	return clockCheckInterval, func() {
 		offs := n.store.PeerClockOffsets(clockOffsetFresh)
 		var far []string
 		for _, id := range slices.Sorted(maps.Keys(offs)) {
@@ -93,7 +85,7 @@ func (n *Node) runClockMonitor() {
 		}
 		if problem == "" {
 			n.clockCheck.problem.Store(nil)
-			continue
+			return
 		}
 		n.clockCheck.problem.Store(&problem)
 		n.store.ShedLeadership()
@@ -101,7 +93,7 @@ func (n *Node) runClockMonitor() {
 }
 
 // clockGate refuses KV and Watch calls while the node's clock is off
-// (runClockMonitor); other services (status, health, ranges) keep
+// (clockMonitor); other services (status, health, ranges) keep
 // answering so that operators can see why. On the peer server the refusal
 // reads as "not leader", which forwarding nodes retry elsewhere.
 func (n *Node) clockGate(method string, peer bool) error {

@@ -85,24 +85,16 @@ func (n *Node) writeDirectory(ctx context.Context, descs ...*txnproto.RangeDescr
 	}
 }
 
-// runDirectoryRepair keeps the meta range's records of the ranges this
+// directoryRepair keeps the meta range's records of the ranges this
 // node leads up to date. A split records both new descriptors right after
 // it applied (splitAt); if the node died in between, or the write failed,
 // the record stays stale until the range's leader finds it here. A range
 // is checked when this node starts leading it and whenever its descriptor
 // changed since it was last found recorded, so an idle cluster reads
 // nothing.
-func (n *Node) runDirectoryRepair() {
-	defer n.wg.Done()
+func (n *Node) directoryRepair() (time.Duration, func()) {
 	recorded := map[uint64]uint64{} // range ID -> generation found in the meta range
-	t := time.NewTicker(directoryRepairInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopc:
-			return
-		case <-t.C:
-		}
+	return directoryRepairInterval, func() {
 		var check []*txnproto.RangeDescriptor
 		for _, r := range n.store.Replicas() {
 			if r.Keyspace() != kvstore.UserKeys || !r.Initialized() || !r.Status().IsLeader {
@@ -114,14 +106,14 @@ func (n *Node) runDirectoryRepair() {
 			}
 		}
 		if len(check) == 0 {
-			continue
+			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), n.reqTimeout)
 		err := n.repairDirectory(ctx, check)
 		cancel()
 		if err != nil {
 			n.log.Warn("checking range records in the meta range", zap.Int("ranges", len(check)), zap.Error(err))
-			continue
+			return
 		}
 		for _, d := range check {
 			recorded[d.RangeId] = d.Generation + 1 // +1: zero means unchecked

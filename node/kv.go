@@ -120,8 +120,9 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() 
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
 				if s.routeHints {
+					_, _, gen := r.SpanGeneration()
 					_ = grpc.SetHeader(ctx, metadata.Pairs(placement.RouteHintHeader, placement.FormatRouteHint(placement.RouteHint{
-						RangeID: r.RangeID, Generation: r.Descriptor().Generation, LeaderNode: nl.LeaderNode})))
+						RangeID: r.RangeID, Generation: gen, LeaderNode: nl.LeaderNode})))
 				}
 				waitLocalApply(ctx, r, res)
 				return res, nil
@@ -449,14 +450,22 @@ func (n *Node) txnLocal(r *rangeraft.Replica, req *pb.TxnRequest) (*pb.TxnRespon
 	if !ok {
 		return nil, errStaleRange
 	}
+	return n.readTxn(req, r.Keyspace(), view.Span, view.Revision, view.CompactRevision, view.Term)
+}
+
+// readTxn runs a read-only txn on the engine at revision rev over span,
+// whose ranges have applied every write at or below rev, and answers with
+// header revision rev and raft term term (etcd's headers, nested ones
+// included).
+func (n *Node) readTxn(req *pb.TxnRequest, ks kvstore.Keyspace, span kvstore.Span, rev, compactRev int64, term uint64) (*pb.TxnResponse, error) {
 	b := n.eng.DB.NewIndexedBatch()
 	defer b.Close()
-	wb := &kvstore.WriteBatch{Batch: b, Rev: view.Revision, Keyspace: r.Keyspace(), Span: view.Span, CompactRev: view.CompactRevision}
+	wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: ks, Span: span, CompactRev: compactRev}
 	resp, err := kvstore.ApplyTxn(wb, req)
 	if err != nil {
 		return nil, err
 	}
-	resp.Header = n.header(view.Revision, view.Term)
+	resp.Header = n.header(rev, term)
 	fillTxnHeaders(resp, resp.Header)
 	return resp, nil
 }

@@ -18,7 +18,7 @@ import (
 // than its share of user ranges.
 const leaderBalanceInterval = 2 * time.Second
 
-// runLeaderBalancer spreads range leaderships over the nodes
+// leaderBalancer spreads range leaderships over the nodes
 // (--leader-balance). A split leaves both halves led by the same node, so
 // without it one node ends up leading every range a load created. Every
 // interval, a node that leads at least two user ranges more than the
@@ -27,32 +27,24 @@ const leaderBalanceInterval = 2 * time.Second
 // interval keeps the moves gradual; each node only gives away what it
 // leads, so nodes never fight over a range. Counts come from this node's
 // replicas, which today cover every range.
-func (n *Node) runLeaderBalancer() {
-	defer n.wg.Done()
+func (n *Node) leaderBalancer() (time.Duration, func()) {
 	if !n.cfg.LeaderBalance || len(n.ident.InitialMembers) < 2 {
-		return
+		return 0, nil
 	}
-	t := time.NewTicker(leaderBalanceInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopc:
-			return
-		case <-t.C:
-		}
+	return leaderBalanceInterval, func() {
 		if n.clockCheck.get() != "" {
-			continue // the clock monitor sheds everything already
+			return // the clock monitor sheds everything already
 		}
 		r, target := n.leaderToShed()
 		if r == nil {
-			continue
+			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), leaderBalanceInterval)
 		err := r.MoveLeader(ctx, target)
 		cancel()
 		if err != nil {
 			n.log.Debug("leader balance: move failed", zap.Uint64("range-id", r.RangeID), zap.Error(err))
-			continue
+			return
 		}
 		n.log.Info("moved range leadership to balance leaders", zap.Uint64("range-id", r.RangeID),
 			zap.String("to-node", fmt.Sprintf("%x", target)))

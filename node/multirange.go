@@ -422,18 +422,7 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 	}
 	var compacted int64
 	for _, r := range rs {
-		view := r.NewReadView()
-		compacted = max(compacted, view.CompactRevision)
-		view.Close()
+		compacted = max(compacted, r.Status().CompactRevision)
 	}
-	b := s.n.eng.DB.NewIndexedBatch()
-	defer b.Close()
-	wb := &kvstore.WriteBatch{Batch: b, Rev: t, Keyspace: kvstore.UserKeys, Span: span, CompactRev: compacted}
-	resp, err := kvstore.ApplyTxn(wb, req)
-	if err != nil {
-		return nil, err
-	}
-	resp.Header = s.n.header(t, 0)
-	fillTxnHeaders(resp, resp.Header)
-	return resp, nil
+	return s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
 }

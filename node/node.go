@@ -114,13 +114,15 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		return nil, err
 	}
 	store.Start()
-	n.wg.Add(6)
+	n.wg.Add(2)
 	go n.watchFatal()
 	go n.publishMember()
-	go n.runSplitQueue()
-	go n.runDirectoryRepair()
-	go n.runClockMonitor()
-	go n.runLeaderBalancer()
+	for _, periodic := range []func() (time.Duration, func()){n.splitQueue, n.directoryRepair, n.clockMonitor, n.leaderBalancer} {
+		if interval, tick := periodic(); tick != nil {
+			n.wg.Add(1)
+			go n.every(interval, tick)
+		}
+	}
 	ok = true
 	lg.Info("rangekv node started",
 		zap.String("name", cfg.Name),
@@ -331,4 +333,22 @@ func prefixEnd(p []byte) []byte {
 		}
 	}
 	return nil
+}
+
+// every calls tick every interval until the node stops: the loop of the
+// node's periodic jobs (split queue, directory repair, clock monitor,
+// leader balancer), each of which returns its interval and tick, or a nil
+// tick when it is turned off.
+func (n *Node) every(interval time.Duration, tick func()) {
+	defer n.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-t.C:
+		}
+		tick()
+	}
 }

@@ -117,7 +117,7 @@ func (s *rangesServer) SplitRange(ctx context.Context, req *txnproto.SplitRangeR
 // key. The new range ID comes from the meta range, the split goes through
 // the range's raft log on its leader (forwarded when this node does not
 // lead), and the meta range's descriptors are updated after it applied
-// (see writeDirectory and runDirectoryRepair).
+// (see writeDirectory and directoryRepair).
 // It returns this node's replicas of both sides.
 func (n *Node) splitAt(ctx context.Context, key []byte) (left, right *rangeraft.Replica, err error) {
 	ctx, cancel := context.WithTimeout(ctx, n.reqTimeout)

@@ -16,24 +16,16 @@ import (
 // load measured before the split (size needs none: it is exact).
 const splitCooldown = 10 * time.Second
 
-// runSplitQueue checks the user ranges this node leads once a second and
+// splitQueue checks the user ranges this node leads once a second and
 // splits those whose MVCC data exceeds --range-max-bytes (at the byte
 // midpoint) or whose request rate, averaged over 10s, exceeds
 // --range-split-qps (at the key that divides the sampled load).
-func (n *Node) runSplitQueue() {
-	defer n.wg.Done()
+func (n *Node) splitQueue() (time.Duration, func()) {
 	if n.cfg.RangeMaxBytes <= 0 && n.cfg.RangeSplitQPS <= 0 {
-		return
+		return 0, nil
 	}
 	lastSplit := map[uint64]time.Time{}
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stopc:
-			return
-		case <-t.C:
-		}
+	return time.Second, func() {
 		for _, r := range n.store.Replicas() {
 			if r.Keyspace() != kvstore.UserKeys || !r.Initialized() {
 				continue

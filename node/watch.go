@@ -412,7 +412,7 @@ func (w *watcher) run() {
 		// The generation before the span check and after the pull: a
 		// split in between would have the feed's entries end past events
 		// of keys that moved to the new range (found in review).
-		gen := w.r.Descriptor().Generation
+		_, _, gen := w.r.SpanGeneration()
 		if !w.r.Covers(w.span.Start, w.span.End) {
 			// The range split: follow the keys to their range (or ranges),
 			// catching up from its history.
@@ -435,7 +435,7 @@ func (w *watcher) run() {
 		next := w.next
 		w.mu.Unlock()
 		entries, inWindow, _, wait := feed.Since(next-1, maxFeedEntriesPerPull)
-		if w.r.Descriptor().Generation != gen {
+		if _, _, g := w.r.SpanGeneration(); g != gen {
 			continue
 		}
 		if !inWindow {

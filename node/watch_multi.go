@@ -114,8 +114,8 @@ func (w *watcher) runMulti() {
 func markRanges(rs []*rangeraft.Replica) []rangeMark {
 	out := make([]rangeMark, len(rs))
 	for i, r := range rs {
-		d := r.Descriptor()
-		out[i] = rangeMark{r.RangeID, d.Generation, string(d.StartKey), string(d.EndKey)}
+		start, end, gen := r.SpanGeneration()
+		out[i] = rangeMark{r.RangeID, gen, string(start), string(end)}
 	}
 	return out
 }
@@ -244,7 +244,7 @@ func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
 	// Close at the clock's now rather than at rev (never below it): one
 	// round then releases whatever else was published meanwhile. All
 	// ranges at once: a close is a raft round trip on each. A node whose
-	// clock is off (runClockMonitor) closes nothing at its own now.
+	// clock is off (clockMonitor) closes nothing at its own now.
 	if w.ws.n.clockCheck.get() == "" {
 		rev = max(rev, w.ws.n.clock.Now())
 	}

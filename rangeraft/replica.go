@@ -130,6 +130,15 @@ func (r *Replica) Descriptor() *txnproto.RangeDescriptor {
 	return proto.Clone(r.desc).(*txnproto.RangeDescriptor)
 }
 
+// SpanGeneration returns the range's span (span keys) and descriptor
+// generation from one read of its descriptor, without copying it: what
+// watchers compare around each pull to notice a split.
+func (r *Replica) SpanGeneration() (start, end []byte, generation uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.desc.StartKey, r.desc.EndKey, r.desc.Generation
+}
+
 // Feed returns the range's applied-event feed.
 func (r *Replica) Feed() *Feed { return r.feed }
 

@@ -22,6 +22,19 @@ func openEngine(t *testing.T) *kvstore.Engine {
 	return eng
 }
 
+// newTestStorage writes an empty log of range rangeID truncated and
+// applied at index 10 in term 5 (as bootstrap does) and loads it.
+func newTestStorage(t *testing.T, eng *kvstore.Engine, rangeID uint64) *raftStorage {
+	t.Helper()
+	b := eng.DB.NewBatch()
+	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
+	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
+	require.NoError(t, b.Commit(pebble.Sync))
+	s, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
+	require.NoError(t, err)
+	return s
+}
+
 func ent(index, term uint64) *raftpb.Entry {
 	return &raftpb.Entry{Index: proto.Uint64(index), Term: proto.Uint64(term), Data: []byte{byte(index)}}
 }
@@ -32,13 +45,7 @@ func ent(index, term uint64) *raftpb.Entry {
 func TestRaftStorageAppendConflictAndReload(t *testing.T) {
 	eng := openEngine(t)
 	const rangeID = 7
-	b := eng.DB.NewBatch()
-	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
-	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
-	require.NoError(t, b.Commit(pebble.Sync))
-
-	s, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
-	require.NoError(t, err)
+	s := newTestStorage(t, eng, rangeID)
 	first, _ := s.FirstIndex()
 	last, _ := s.LastIndex()
 	require.Equal(t, uint64(11), first)
@@ -50,7 +57,7 @@ func TestRaftStorageAppendConflictAndReload(t *testing.T) {
 	require.ErrorIs(t, err, raft.ErrCompacted)
 
 	// Append 11..15 in term 6.
-	b = eng.DB.NewBatch()
+	b := eng.DB.NewBatch()
 	li, lt, err := s.appendEntries(b, s.lastIndex, []*raftpb.Entry{ent(11, 6), ent(12, 6), ent(13, 6), ent(14, 6), ent(15, 6)})
 	require.NoError(t, err)
 	require.NoError(t, b.Commit(pebble.Sync))
@@ -119,12 +126,7 @@ func TestRaftStorageCorruptEntry(t *testing.T) {
 func TestRaftStorageEntryCache(t *testing.T) {
 	eng := openEngine(t)
 	const rangeID = 9
-	b := eng.DB.NewBatch()
-	require.NoError(t, setProto(b, kvstore.RaftTruncatedStateKey(rangeID), &txnproto.TruncatedState{Index: 10, Term: 5}))
-	require.NoError(t, setProto(b, kvstore.RangeAppliedStateKey(rangeID), &txnproto.AppliedState{Index: 10, Term: 5}))
-	require.NoError(t, b.Commit(pebble.Sync))
-	s, err := loadRaftStorage(eng.DB, eng.DB, rangeID, &raftpb.ConfState{Voters: []uint64{1}})
-	require.NoError(t, err)
+	s := newTestStorage(t, eng, rangeID)
 
 	appendAndCache := func(ents ...*raftpb.Entry) {
 		t.Helper()
