@@ -53,6 +53,10 @@ type Config struct {
 	LeaderBalance bool
 	// MaxClockOffset bounds accepted HLC skew between nodes.
 	MaxClockOffset time.Duration
+	// ClosedTimestampInterval is how often range leaders publish closed
+	// timestamps on the per-node side channel
+	// (docs/closed-timestamps.md); 0 turns the side channel off.
+	ClosedTimestampInterval time.Duration
 	// UnsafeClockSkew shifts this node's wall clock, for fault-injection
 	// tests of --max-clock-offset (never set it in production).
 	UnsafeClockSkew time.Duration

@@ -31,6 +31,7 @@ const (
 	cfgDefaultMaxTxnOps                = 128
 	cfgDefaultSnapshotCount            = 10000
 	cfgDefaultMaxClockOffset           = 500 * time.Millisecond
+	cfgDefaultClosedTimestampInterval  = 20 * time.Millisecond
 	cfgDefaultWatchProgressNotifyIntvl = 10 * time.Minute
 )
 
@@ -61,6 +62,7 @@ func DefaultConfig() Config {
 		RangeSplitQPS:               2500,
 		LeaderBalance:               true,
 		MaxClockOffset:              cfgDefaultMaxClockOffset,
+		ClosedTimestampInterval:     cfgDefaultClosedTimestampInterval,
 		WatchProgressNotifyInterval: cfgDefaultWatchProgressNotifyIntvl,
 	}
 }
@@ -328,6 +330,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxClockOffset <= 0 {
 		return fmt.Errorf("--max-clock-offset must be >0 (set to %v)", c.MaxClockOffset)
+	}
+	if c.ClosedTimestampInterval < 0 {
+		return fmt.Errorf("--closed-timestamp-interval must be >=0 (set to %v)", c.ClosedTimestampInterval)
 	}
 	if c.WatchProgressNotifyInterval <= 0 {
 		return fmt.Errorf("--watch-progress-notify-interval must be >0 (set to %v)", c.WatchProgressNotifyInterval)

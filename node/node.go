@@ -104,6 +104,8 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		SnapshotCount: cfg.SnapshotCount,
 		Registerer:    n.reg,
 		Resolve:       n.resolvePeer,
+
+		ClosedTimestampInterval: cfg.ClosedTimestampInterval,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load ranges from %s: %w", cfg.DataDir, err)

@@ -81,6 +81,12 @@ type watcher struct {
 	running bool
 	// parkedOn are the feeds the watcher registered with. Guarded by mu.
 	parkedOn []*rangeraft.Feed
+	// behindSince is when a multi-range watcher first found events
+	// waiting on ranges behind, and fallback the timer that wakes it to
+	// close them through their logs if the side channel has not released
+	// them by then (runMulti). Only the running goroutine touches them.
+	behindSince time.Time
+	fallback    *time.Timer
 	// sendMu orders the watcher's responses with its cancel response.
 	sendMu sync.Mutex
 }

@@ -43,9 +43,11 @@ type rangeMark struct {
 //
 // When nothing is final but some range has published beyond next (or a
 // progress request asked for a revision beyond it, advanceTo), the ranges
-// behind are closed there (a Close command through each one's raft log),
-// which releases it. Otherwise the
-// watcher waits for any of the ranges to publish.
+// behind are waited for: their leaders' side-channel closes (every
+// --closed-timestamp-interval) release the events. Should that not happen
+// within closeFallback, the watcher closes them itself (a Close command
+// through each one's raft log). Otherwise the watcher waits for any of
+// the ranges to publish.
 func (w *watcher) runMulti() {
 	for {
 		seen := w.wakes.Load()
@@ -81,11 +83,26 @@ func (w *watcher) runMulti() {
 		}
 		if resolved < next {
 			if newest >= next {
-				// Events are waiting on ranges behind: close them.
-				if !w.closeBehind(rs, newest) {
-					return
+				// Events are waiting on ranges behind.
+				now := time.Now()
+				if w.behindSince.IsZero() {
+					w.behindSince = now
 				}
-				continue
+				wait := w.ws.n.closeFallback() - now.Sub(w.behindSince)
+				if wait <= 0 {
+					w.behindSince = time.Time{}
+					if !w.closeBehind(rs, newest) {
+						return
+					}
+					continue
+				}
+				if w.fallback == nil {
+					w.fallback = time.AfterFunc(wait, w.wakeUp)
+				} else {
+					w.fallback.Reset(wait)
+				}
+			} else {
+				w.behindSince = time.Time{}
 			}
 			select {
 			case <-w.cancelc:
@@ -103,10 +120,22 @@ func (w *watcher) runMulti() {
 		if !slices.Equal(marks, markRanges(rs)) {
 			continue // a range split under the pull: take it again
 		}
+		w.behindSince = time.Time{}
 		if !w.deliver(evs, upTo) {
 			return
 		}
 	}
+}
+
+// closeFallback is how long a multi-range watcher waits for side-channel
+// closes to release events waiting on ranges behind before it closes
+// them through their raft logs: a few side-channel intervals, or nothing
+// when the side channel is off.
+func (n *Node) closeFallback() time.Duration {
+	if n.cfg.ClosedTimestampInterval <= 0 {
+		return 0
+	}
+	return max(5*n.cfg.ClosedTimestampInterval, 50*time.Millisecond)
 }
 
 // markRanges notes each range's ID, descriptor generation and span, each

@@ -685,6 +685,7 @@ func TestWatchValidation(t *testing.T) {
 		t.Errorf("seed %d: %d watch guarantee violations (first %d):\n%s\n%s",
 			seed, v.total, len(v.violations), v.list(), v.dump())
 	}
+	requireClosedTimestampsKept(t, c)
 }
 
 // wvEvKey identifies an event: revisions are unique per range, and a key

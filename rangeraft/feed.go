@@ -27,7 +27,9 @@ type Feed struct {
 	maxEvents int
 	floor     int64
 	last      int64
-	notify    chan struct{}
+	// notify is closed on the next change; made only when a reader asks
+	// for it (Since), so that changes nobody waits for cost nothing.
+	notify chan struct{}
 	// parked readers to call back on the next change (Park).
 	parked map[any]func()
 }
@@ -35,7 +37,7 @@ type Feed struct {
 // NewFeed returns a feed whose window starts after rev and holds at most
 // maxEvents events.
 func NewFeed(rev int64, maxEvents int) *Feed {
-	return &Feed{floor: rev, last: rev, maxEvents: maxEvents, notify: make(chan struct{})}
+	return &Feed{floor: rev, last: rev, maxEvents: maxEvents}
 }
 
 // Publish appends the events of one applied command. rev must exceed every
@@ -54,9 +56,7 @@ func (f *Feed) Publish(rev int64, events []*mvccpb.Event) {
 	if drop > 0 {
 		f.entries = append(f.entries[:0:0], f.entries[drop:]...)
 	}
-	close(f.notify)
-	f.notify = make(chan struct{})
-	wake := f.takeParkedLocked()
+	wake := f.changedLocked()
 	f.mu.Unlock()
 	callAll(wake)
 }
@@ -67,9 +67,7 @@ func (f *Feed) Reset(rev int64) {
 	f.mu.Lock()
 	f.entries, f.events = nil, 0
 	f.floor, f.last = rev, max(rev, f.last)
-	close(f.notify)
-	f.notify = make(chan struct{})
-	wake := f.takeParkedLocked()
+	wake := f.changedLocked()
 	f.mu.Unlock()
 	callAll(wake)
 }
@@ -81,6 +79,9 @@ func (f *Feed) Reset(rev int64) {
 func (f *Feed) Since(after int64, maxEntries int) (entries []FeedEntry, inWindow bool, last int64, wait <-chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.notify == nil {
+		f.notify = make(chan struct{})
+	}
 	if after < f.floor {
 		return nil, false, f.last, f.notify
 	}
@@ -118,9 +119,7 @@ func (f *Feed) Last() int64 {
 // here.
 func (f *Feed) Poke() {
 	f.mu.Lock()
-	close(f.notify)
-	f.notify = make(chan struct{})
-	wake := f.takeParkedLocked()
+	wake := f.changedLocked()
 	f.mu.Unlock()
 	callAll(wake)
 }
@@ -150,6 +149,16 @@ func (f *Feed) Unpark(key any) {
 	f.mu.Lock()
 	delete(f.parked, key)
 	f.mu.Unlock()
+}
+
+// changedLocked wakes the readers waiting on the feed: it closes the wait
+// channel and returns the parked callbacks to call.
+func (f *Feed) changedLocked() []func() {
+	if f.notify != nil {
+		close(f.notify)
+		f.notify = nil
+	}
+	return f.takeParkedLocked()
 }
 
 func (f *Feed) takeParkedLocked() []func() {

@@ -16,6 +16,7 @@ type metrics struct {
 	readyLatency     prometheus.Histogram
 	readyBatchSize   prometheus.Histogram
 	droppedMessages  prometheus.Counter
+	closedViolations prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,10 +44,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
 		droppedMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rangekv_raft_messages_dropped_total", Help: "Raft messages dropped because a peer queue was full."}),
+		closedViolations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rangekv_closed_timestamp_violations_total",
+			Help: "Writes applied at or below their range's closed timestamp (always 0 unless clocks broke their bound)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.ranges, m.splits, m.leaderChanges, m.proposalsApplied, m.proposalsPending,
-			m.proposalsFailed, m.walFsync, m.readyLatency, m.readyBatchSize, m.droppedMessages)
+			m.proposalsFailed, m.walFsync, m.readyLatency, m.readyBatchSize, m.droppedMessages, m.closedViolations)
 	}
 	return m
 }

@@ -36,16 +36,20 @@ type liveness struct {
 	mu     sync.Mutex
 	heard  map[uint64]time.Time
 	offset map[uint64]time.Duration
+	clock  map[uint64]clockEvidence
 }
 
 // record notes that node was heard from and, when measured (a batch
 // without a wall-clock reading is not), its clock offset.
-func (l *liveness) record(node uint64, offset time.Duration, measured bool) {
+func (l *liveness) record(node uint64, offset time.Duration, measured bool, clock clockEvidence) {
 	l.mu.Lock()
 	if l.heard == nil {
-		l.heard, l.offset = map[uint64]time.Time{}, map[uint64]time.Duration{}
+		l.heard, l.offset, l.clock = map[uint64]time.Time{}, map[uint64]time.Duration{}, map[uint64]clockEvidence{}
 	}
 	l.heard[node] = time.Now()
+	if clock.stamp > l.clock[node].stamp {
+		l.clock[node] = clock
+	}
 	if measured {
 		l.offset[node] = offset
 	} else {
@@ -64,6 +68,18 @@ func (l *liveness) offsets(fresh time.Duration) map[uint64]time.Duration {
 		if off, ok := l.offset[node]; ok && time.Since(t) <= fresh {
 			out[node] = off
 		}
+	}
+	return out
+}
+
+// clocks returns the newest clock evidence of each peer: its HLC and vote
+// epoch when it sent the last batch heard.
+func (l *liveness) clocks() map[uint64]clockEvidence {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[uint64]clockEvidence, len(l.clock))
+	for n, c := range l.clock {
+		out[n] = c
 	}
 	return out
 }
@@ -211,7 +227,7 @@ func (r *Replica) maybeQuiesceLocked() {
 		if err != nil {
 			continue
 		}
-		r.store.transport.send(rd.NodeId, []*txnproto.RaftMessage{{RangeId: r.RangeID, Message: data, Quiesce: true}})
+		r.store.transport.send(rd.NodeId, []*txnproto.RaftMessage{{RangeId: r.RangeID, Message: data, Quiesce: true}}, clockEvidence{})
 	}
 }
 

@@ -113,6 +113,20 @@ type Replica struct {
 	// uninitialized replica a split initialized); the scheduler skips it.
 	destroyed bool
 
+	// Side-channel closed timestamps (closedts.go). As leader of
+	// leaderTerm (0 when not leading), entries before leaderSince are of
+	// earlier terms; inflight holds this leader's proposals not yet
+	// applied, by command ID; evidence the newest clock evidence of each
+	// voter in leaderTerm. sideClosed is the side-channel closed revision
+	// in force (every entry up to the applied index is applied, and none
+	// after applies at or below it); pendingCloses await their index.
+	leaderTerm    uint64
+	leaderSince   uint64
+	inflight      map[uint64]inflightProposal
+	evidence      map[uint64]clockEvidence
+	sideClosed    int64
+	pendingCloses []pendingClose
+
 	// requests counts requests served by this replica; qps is their rate
 	// over the last qpsWindow, refreshed by the store (float64 bits).
 	requests atomic.Int64
@@ -157,7 +171,11 @@ type Status struct {
 	AppliedIndex    uint64
 	Revision        int64
 	CompactRevision int64
-	Stats           kvstore.Stats
+	// ClosedRevision is the highest revision the range has promised never
+	// to write at or below, through its log or the side channel.
+	ClosedRevision int64
+	Quiesced       bool
+	Stats          kvstore.Stats
 }
 
 // Status returns the replica's current status.
@@ -175,6 +193,8 @@ func (r *Replica) Status() Status {
 		AppliedIndex:    r.st.applied.Index,
 		Revision:        r.st.applied.Revision,
 		CompactRevision: r.st.applied.CompactRevision,
+		ClosedRevision:  max(r.st.applied.ClosedRevision, r.sideClosed),
+		Quiesced:        r.quiesced,
 		Stats:           r.stats,
 	}
 }
@@ -215,21 +235,26 @@ func (r *Replica) notLeaderLocked() error {
 func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResult, error) {
 	cmd.ProposerNode = r.store.cfg.NodeID
 	cmd.Id = r.store.proposalSeq.Add(1)
-	cmd.Timestamp = r.store.cfg.Clock.Now()
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		return ApplyResult{}, err
-	}
 	p := &proposal{ch: make(chan ApplyResult, 1)}
 	r.mu.Lock()
 	if err := r.notLeaderLocked(); err != nil {
 		r.mu.Unlock()
 		return ApplyResult{}, err
 	}
+	// Stamped under mu, so that a side-channel close (which also holds mu)
+	// either sees the proposal in inflight or closes below its timestamp.
+	cmd.Timestamp = r.store.cfg.Clock.Now()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		r.mu.Unlock()
+		return ApplyResult{}, err
+	}
 	r.proposals[cmd.Id] = p
+	r.inflight[cmd.Id] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
 	r.unquiesceLocked()
 	if err := r.raw.Propose(data); err != nil {
 		delete(r.proposals, cmd.Id)
+		delete(r.inflight, cmd.Id)
 		r.mu.Unlock()
 		r.store.metrics.proposalsFailed.Inc()
 		if errors.Is(err, raft.ErrProposalDropped) {
@@ -303,7 +328,7 @@ func (r *Replica) NewReadView() *ReadView {
 		Reader: snap,
 		// The newest revision the range can serve: its last write, or a
 		// later revision it closed (a multi-range read or a compaction).
-		Revision:        max(r.st.applied.Revision, r.st.applied.ClosedRevision),
+		Revision:        r.readableLocked(),
 		CompactRevision: r.st.applied.CompactRevision,
 		Term:            r.raw.BasicStatus().GetTerm(),
 		Span:            kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey},
@@ -412,7 +437,9 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 	applied := proto.Clone(r.st.applied).(*txnproto.AppliedState)
 	desc := proto.Clone(r.desc).(*txnproto.RangeDescriptor)
 	span := kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey}
+	closedFloor := r.sideClosed
 	r.mu.Unlock()
+	var appliedIDs []uint64
 	var splits []*txnproto.RangeDescriptor
 
 	type delivery struct {
@@ -471,9 +498,12 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			switch {
 			case c <= applied.CompactRevision:
 				res.Err = rpctypes.ErrGRPCCompacted
-			case c > max(applied.Revision, applied.ClosedRevision):
-				res.Err = rpctypes.ErrGRPCFutureRev
 			default:
+				// The node checked c against the revisions the leaders
+				// can serve (a side-channel close may put that above
+				// this range's last write); closing the range at c keeps
+				// "compacted at c" meaning "final at c" here.
+				applied.ClosedRevision = max(applied.ClosedRevision, c)
 				applied.CompactRevision = c
 				compactTo = c
 				res.Response = &pb.CompactionResponse{}
@@ -497,6 +527,9 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			// applied identically on every replica, but it is a bug.
 			r.log.Error("command failed after writing", zap.Uint64("index", e.GetIndex()), zap.Error(res.Err))
 		}
+		if res.Err == nil && (len(wb.Events) > 0 || cmd.DeleteRange != nil || cmd.Txn != nil) {
+			r.checkClosed(closedFloor, rev, e.GetIndex())
+		}
 		if res.Err == nil && len(wb.Events) > 0 {
 			applied.Revision = rev
 			res.Revision = rev
@@ -518,6 +551,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		}
 		if cmd.ProposerNode == r.store.cfg.NodeID {
 			deliveries = append(deliveries, delivery{id: cmd.Id, res: res})
+			appliedIDs = append(appliedIDs, cmd.Id)
 		}
 	}
 	r.mu.Lock()
@@ -555,8 +589,11 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		r.st.applied = applied
 		r.st.cacheTrim(applied.Index)
 		r.desc = desc
-		close(r.appliedc)
-		r.appliedc = make(chan struct{})
+		for _, id := range appliedIDs {
+			delete(r.inflight, id)
+		}
+		r.promoteClosesLocked()
+		r.signalAppliedLocked()
 		if trunc != nil {
 			r.st.truncated = trunc
 		}
@@ -781,7 +818,7 @@ var ErrBadSplitKey = errors.New("rangekv: invalid split key")
 func (r *Replica) ReadableRevision() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return max(r.st.applied.Revision, r.st.applied.ClosedRevision)
+	return r.readableLocked()
 }
 
 // Close promises, through the raft log, that the range never again writes
@@ -799,7 +836,7 @@ func (r *Replica) Close(ctx context.Context, rev int64) error {
 func (r *Replica) WaitReadable(ctx context.Context, rev int64) error {
 	for {
 		r.mu.Lock()
-		readable := max(r.st.applied.Revision, r.st.applied.ClosedRevision)
+		readable := r.readableLocked()
 		ch := r.appliedc
 		r.mu.Unlock()
 		if readable >= rev {

@@ -49,6 +49,9 @@ type StoreConfig struct {
 	Registerer prometheus.Registerer
 	// Resolve returns the peer address (host:port) of a node.
 	Resolve func(nodeID uint64) (string, error)
+	// ClosedTimestampInterval is how often range leaders publish
+	// side-channel closed timestamps (closedts.go); 0 disables them.
+	ClosedTimestampInterval time.Duration
 }
 
 // Store holds every replica on one node and drives them from one
@@ -75,8 +78,12 @@ type Store struct {
 	workCh chan struct{}
 
 	proposalSeq atomic.Uint64
-	started     atomic.Bool
-	live        liveness
+	// voteEpoch rises before any vote or campaign for a new term leaves
+	// this node (closedts.go); seeded from the clock so that it never
+	// repeats across restarts.
+	voteEpoch atomic.Uint64
+	started   atomic.Bool
+	live      liveness
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
@@ -105,6 +112,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	// Proposal IDs must not repeat across restarts while old entries may
 	// still apply: seed from the clock.
 	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
+	s.voteEpoch.Store(uint64(time.Now().UnixNano()))
 	s.transport = newTransport(s)
 	start, end := kvstore.RangeDescriptorKeySpan()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
@@ -179,6 +187,8 @@ func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor
 		keyspace:      ks,
 		stats:         stats,
 		proposals:     map[uint64]*proposal{},
+		inflight:      map[uint64]inflightProposal{},
+		evidence:      map[uint64]clockEvidence{},
 		peerNodes:     map[uint64]uint64{},
 		inflightReads: map[string][]*readWaiter{},
 		compactCond:   make(chan struct{}),
@@ -200,6 +210,9 @@ func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor
 		CheckQuorum:               true,
 		PreVote:                   true,
 		ReadOnlyOption:            raft.ReadOnlySafe,
+		// Only the leader's own proposals enter its log, each tracked
+		// until it applies (closedts.go).
+		DisableProposalForwarding: true,
 		Logger:                    newRaftLogger(r.log),
 	})
 	if err != nil {
@@ -445,10 +458,19 @@ func (s *Store) run() {
 	var ticking []*Replica // reused every tick
 	ticker := time.NewTicker(s.cfg.TickInterval)
 	defer ticker.Stop()
+	var closedc <-chan time.Time
+	if s.cfg.ClosedTimestampInterval > 0 {
+		closer := time.NewTicker(s.cfg.ClosedTimestampInterval)
+		defer closer.Stop()
+		closedc = closer.C
+	}
 	for {
 		select {
 		case <-s.stopc:
 			return
+		case <-closedc:
+			s.publishClosed()
+			continue
 		case <-ticker.C:
 			ticking = s.replicaList(ticking[:0])
 			for _, r := range ticking {
@@ -530,7 +552,17 @@ func (s *Store) processReady() error {
 	b.Close()
 	s.metrics.readyBatchSize.Observe(float64(len(items)))
 
-	// Persisted: publish the new log bounds, then send.
+	// Persisted: publish the new log bounds, then send. A vote or a
+	// campaign in this pass raises the vote epoch before anything of the
+	// pass leaves; the pass's clock reading and epoch, taken next, are
+	// the production stamp of its messages (closedts.go).
+	for _, it := range items {
+		if castsVote(it.rd.Messages) {
+			s.voteEpoch.Add(1)
+			break
+		}
+	}
+	produced := clockEvidence{stamp: s.cfg.Clock.Now(), epoch: s.voteEpoch.Load()}
 	outgoing := map[uint64][]*txnproto.RaftMessage{}
 	var initialized []*Replica
 	for _, it := range items {
@@ -550,6 +582,7 @@ func (s *Store) processReady() error {
 				r.stats = st
 			}
 			r.staged = nil
+			r.promoteClosesLocked()
 		}
 		r.st.lastIndex, r.st.lastTerm = it.lastIndex, it.lastTerm
 		if it.snap != nil {
@@ -559,7 +592,15 @@ func (s *Store) processReady() error {
 		if !raft.IsEmptyHardState(it.rd.HardState) {
 			r.st.hardState = it.rd.HardState
 		}
+		r.resetLeadershipLocked(it.lastIndex)
+		term := r.raw.BasicStatus().GetTerm()
 		for _, m := range it.rd.Messages {
+			if staleResponse(m, term) {
+				// Produced in an earlier term than the replica has now:
+				// it must not vouch for the replica's clock in that term.
+				// Raft tolerates the loss.
+				continue
+			}
 			if m.GetType() == raftpb.MsgSnap {
 				s.bg.Add(1)
 				go func() {
@@ -599,7 +640,7 @@ func (s *Store) processReady() error {
 		s.mu.Unlock()
 	}
 	for node, msgs := range outgoing {
-		s.transport.send(node, msgs)
+		s.transport.send(node, msgs, produced)
 	}
 	if err := s.applyPass(items); err != nil {
 		return err
@@ -766,7 +807,7 @@ func (r *Replica) handleSoftStateLocked(ss *raft.SoftState) {
 // replica. A message for a range this node has no replica of creates an
 // uninitialized replica when it comes from a leader or candidate (see
 // newUninitialized); other messages for unknown ranges are dropped.
-func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message, quiesce bool) {
+func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message, quiesce bool, produced clockEvidence) {
 	r := s.Replica(rangeID)
 	if r == nil {
 		switch m.GetType() {
@@ -785,6 +826,7 @@ func (s *Store) HandleRaftMessage(rangeID, fromNode uint64, m *raftpb.Message, q
 	if wakesQuiesced(m, quiesce) {
 		r.unquiesceLocked()
 	}
+	r.recordEvidenceLocked(m, produced)
 	err := r.raw.Step(m)
 	if err == nil && m.GetType() == raftpb.MsgHeartbeat && quiesce {
 		r.maybeQuiesceFollowerLocked(m)
@@ -873,4 +915,30 @@ func (s *Store) HasLeader() bool {
 		}
 	}
 	return true
+}
+
+// castsVote reports whether msgs include a vote for, or a campaign in, a
+// new term (a granted MsgVoteResp, or a MsgVote).
+func castsVote(msgs []*raftpb.Message) bool {
+	for _, m := range msgs {
+		switch m.GetType() {
+		case raftpb.MsgVote:
+			return true
+		case raftpb.MsgVoteResp:
+			if !m.GetReject() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// staleResponse reports whether m is a response produced in a term older
+// than term, the replica's current one.
+func staleResponse(m *raftpb.Message, term uint64) bool {
+	switch m.GetType() {
+	case raftpb.MsgAppResp, raftpb.MsgHeartbeatResp:
+		return m.GetTerm() < term
+	}
+	return false
 }

@@ -38,8 +38,16 @@ type Transport struct {
 
 type peer struct {
 	nodeID uint64
-	queue  chan []*txnproto.RaftMessage
+	queue  chan outgoing
 	conn   *grpc.ClientConn
+}
+
+// outgoing is what one scheduler pass (or side-channel round) sends a
+// node: raft messages with their production stamp, and closed timestamps.
+type outgoing struct {
+	msgs     []*txnproto.RaftMessage
+	produced clockEvidence
+	closed   []*txnproto.ClosedTimestamp
 }
 
 // PeerConnectParams bound gRPC's reconnect backoff between nodes. The
@@ -97,7 +105,7 @@ func (t *Transport) peer(nodeID uint64) (*peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &peer{nodeID: nodeID, queue: make(chan []*txnproto.RaftMessage, peerQueueLen), conn: conn}
+	p := &peer{nodeID: nodeID, queue: make(chan outgoing, peerQueueLen), conn: conn}
 	t.peers[nodeID] = p
 	go t.runPeer(p)
 	return p, nil
@@ -114,17 +122,28 @@ func (t *Transport) Conn(nodeID uint64) (*grpc.ClientConn, error) {
 	return p.conn, nil
 }
 
-// send queues msgs for nodeID without blocking.
-func (t *Transport) send(nodeID uint64, msgs []*txnproto.RaftMessage) {
+// send queues msgs, produced in a pass stamped produced, for nodeID
+// without blocking.
+func (t *Transport) send(nodeID uint64, msgs []*txnproto.RaftMessage, produced clockEvidence) {
+	t.enqueue(nodeID, outgoing{msgs: msgs, produced: produced})
+}
+
+// sendClosed queues side-channel closed timestamps for nodeID (none makes
+// a ping).
+func (t *Transport) sendClosed(nodeID uint64, closed []*txnproto.ClosedTimestamp) {
+	t.enqueue(nodeID, outgoing{closed: closed})
+}
+
+func (t *Transport) enqueue(nodeID uint64, out outgoing) {
 	p, err := t.peer(nodeID)
 	if err != nil {
 		t.s.log.Warn("cannot resolve peer", zap.Uint64("node-id", nodeID), zap.Error(err))
 		return
 	}
 	select {
-	case p.queue <- msgs:
+	case p.queue <- out:
 	default:
-		t.s.metrics.droppedMessages.Add(float64(len(msgs)))
+		t.s.metrics.droppedMessages.Add(float64(len(out.msgs)))
 	}
 }
 
@@ -140,20 +159,30 @@ func (t *Transport) runPeer(p *peer) {
 	}()
 	var stream txnproto.RaftTransport_RaftBatchesClient
 	for {
-		var msgs []*txnproto.RaftMessage
+		var out outgoing
 		select {
 		case <-t.stopc:
 			return
-		case msgs = <-p.queue:
+		case out = <-p.queue:
 		}
+		msgs, produced, closed := out.msgs, out.produced, out.closed
 	drain:
 		for len(msgs) < 4096 {
 			select {
 			case more := <-p.queue:
-				msgs = append(msgs, more...)
+				msgs = append(msgs, more.msgs...)
+				closed = append(closed, more.closed...)
+				// The oldest pass's stamp vouches for all the messages.
+				// (A pass without a stamp sent nothing that needs one.)
+				if len(more.msgs) > 0 && more.produced.stamp > 0 && (produced.stamp == 0 || more.produced.stamp < produced.stamp) {
+					produced = more.produced
+				}
 			default:
 				break drain
 			}
+		}
+		if len(msgs) == 0 {
+			produced = clockEvidence{}
 		}
 		if stream == nil {
 			var err error
@@ -166,13 +195,20 @@ func (t *Transport) runPeer(p *peer) {
 				continue
 			}
 		}
+		// The epoch is read before the clock: a vote raising the epoch
+		// after the read leaves in a batch stamped above this one's.
+		epoch := t.s.voteEpoch.Load()
 		batch := &txnproto.RaftMessageBatch{
-			ClusterId:  t.s.cfg.ClusterID,
-			FromNode:   t.s.cfg.NodeID,
-			ToNode:     p.nodeID,
-			Timestamp:  t.s.cfg.Clock.Now(),
-			WallTimeMs: t.s.cfg.Clock.WallMS(),
-			Messages:   msgs,
+			ClusterId:         t.s.cfg.ClusterID,
+			FromNode:          t.s.cfg.NodeID,
+			ToNode:            p.nodeID,
+			VoteEpoch:         epoch,
+			Timestamp:         t.s.cfg.Clock.Now(),
+			WallTimeMs:        t.s.cfg.Clock.WallMS(),
+			Messages:          msgs,
+			ProducedTimestamp: produced.stamp,
+			ProducedVoteEpoch: produced.epoch,
+			Closed:            closed,
 		}
 		if err := stream.Send(batch); err != nil {
 			// Find out why (a rejected cluster ID comes back as the
@@ -225,7 +261,7 @@ func (t *Transport) pingPeers() {
 	peers := t.s.peers
 	t.s.mu.RUnlock()
 	for _, node := range peers {
-		t.send(node, nil)
+		t.enqueue(node, outgoing{})
 	}
 }
 
@@ -256,7 +292,8 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 			return err
 		}
-		t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.WallTimeMs), batch.WallTimeMs > 0)
+		t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.WallTimeMs), batch.WallTimeMs > 0,
+			clockEvidence{stamp: batch.Timestamp, epoch: batch.VoteEpoch})
 		if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
 			// The node's clock monitor reports lasting skew (node/clock.go).
 			t.s.log.Debug("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
@@ -267,7 +304,13 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 				t.s.log.Warn("malformed raft message", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 				continue
 			}
-			t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce)
+			t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce,
+				clockEvidence{stamp: batch.ProducedTimestamp, epoch: batch.ProducedVoteEpoch})
+		}
+		for _, ct := range batch.Closed {
+			if r := t.s.Replica(ct.RangeId); r != nil {
+				r.InstallClosed(ct.Revision, ct.AppliedIndex)
+			}
 		}
 	}
 }

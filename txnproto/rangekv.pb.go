@@ -847,7 +847,20 @@ type RaftMessageBatch struct {
 	// wall_time_ms is the sender's wall clock (Unix milliseconds) when the
 	// batch was sent: the receiver's clock-offset measurement. The HLC
 	// above cannot serve, since peers push each other's HLC forward.
-	WallTimeMs    int64 `protobuf:"varint,6,opt,name=wall_time_ms,json=wallTimeMs,proto3" json:"wall_time_ms,omitempty"`
+	WallTimeMs int64 `protobuf:"varint,6,opt,name=wall_time_ms,json=wallTimeMs,proto3" json:"wall_time_ms,omitempty"`
+	// vote_epoch is the sender's vote epoch when the batch was sent: a
+	// counter the node raises before any vote for, or campaign in, a new
+	// raft term leaves it (docs/closed-timestamps.md, "The side channel").
+	VoteEpoch uint64 `protobuf:"varint,7,opt,name=vote_epoch,json=voteEpoch,proto3" json:"vote_epoch,omitempty"`
+	// produced_timestamp and produced_vote_epoch are the sender's HLC and
+	// vote epoch when the oldest of messages was produced (the scheduler
+	// pass that emitted it). A response of term t in the batch shows that
+	// its replica was in term t with its clock at least produced_timestamp.
+	ProducedTimestamp int64  `protobuf:"varint,8,opt,name=produced_timestamp,json=producedTimestamp,proto3" json:"produced_timestamp,omitempty"`
+	ProducedVoteEpoch uint64 `protobuf:"varint,9,opt,name=produced_vote_epoch,json=producedVoteEpoch,proto3" json:"produced_vote_epoch,omitempty"`
+	// closed carries the sender's side-channel closed timestamps for ranges
+	// it leads and the receiver holds replicas of.
+	Closed        []*ClosedTimestamp `protobuf:"bytes,10,rep,name=closed,proto3" json:"closed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -924,6 +937,98 @@ func (x *RaftMessageBatch) GetWallTimeMs() int64 {
 	return 0
 }
 
+func (x *RaftMessageBatch) GetVoteEpoch() uint64 {
+	if x != nil {
+		return x.VoteEpoch
+	}
+	return 0
+}
+
+func (x *RaftMessageBatch) GetProducedTimestamp() int64 {
+	if x != nil {
+		return x.ProducedTimestamp
+	}
+	return 0
+}
+
+func (x *RaftMessageBatch) GetProducedVoteEpoch() uint64 {
+	if x != nil {
+		return x.ProducedVoteEpoch
+	}
+	return 0
+}
+
+func (x *RaftMessageBatch) GetClosed() []*ClosedTimestamp {
+	if x != nil {
+		return x.Closed
+	}
+	return nil
+}
+
+// ClosedTimestamp is a range leader's promise, sent on the side channel:
+// the range never applies a write at or below revision, and a replica that
+// has applied through applied_index has applied every write at or below
+// it (docs/closed-timestamps.md).
+type ClosedTimestamp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	AppliedIndex  uint64                 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClosedTimestamp) Reset() {
+	*x = ClosedTimestamp{}
+	mi := &file_rangekv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClosedTimestamp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClosedTimestamp) ProtoMessage() {}
+
+func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClosedTimestamp.ProtoReflect.Descriptor instead.
+func (*ClosedTimestamp) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ClosedTimestamp) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *ClosedTimestamp) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ClosedTimestamp) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 // BatchAck ends a RaftBatches stream.
 type BatchAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -933,7 +1038,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1050,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1063,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{12}
+	return file_rangekv_proto_rawDescGZIP(), []int{13}
 }
 
 // KeyValue is one raw engine key and value in a snapshot stream.
@@ -972,7 +1077,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1089,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1102,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{13}
+	return file_rangekv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -1036,7 +1141,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_rangekv_proto_msgTypes[14]
+	mi := &file_rangekv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1153,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[14]
+	mi := &file_rangekv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1166,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{14}
+	return file_rangekv_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotChunk) GetClusterId() uint64 {
@@ -1145,7 +1250,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_rangekv_proto_msgTypes[15]
+	mi := &file_rangekv_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1262,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[15]
+	mi := &file_rangekv_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1275,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{15}
+	return file_rangekv_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotResponse) GetApplied() bool {
@@ -1206,7 +1311,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1323,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1336,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{16}
+	return file_rangekv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1305,7 +1410,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1422,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1435,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{17}
+	return file_rangekv_proto_rawDescGZIP(), []int{18}
 }
 
 type ListRangesResponse struct {
@@ -1342,7 +1447,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1459,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1472,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{18}
+	return file_rangekv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1386,7 +1491,7 @@ type RangeForKeyRequest struct {
 
 func (x *RangeForKeyRequest) Reset() {
 	*x = RangeForKeyRequest{}
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1503,7 @@ func (x *RangeForKeyRequest) String() string {
 func (*RangeForKeyRequest) ProtoMessage() {}
 
 func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1516,7 @@ func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeForKeyRequest.ProtoReflect.Descriptor instead.
 func (*RangeForKeyRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{19}
+	return file_rangekv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RangeForKeyRequest) GetKey() []byte {
@@ -1430,7 +1535,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1547,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1560,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{20}
+	return file_rangekv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1475,7 +1580,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1592,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1605,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{21}
+	return file_rangekv_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1525,7 +1630,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1642,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1655,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{22}
+	return file_rangekv_proto_rawDescGZIP(), []int{23}
 }
 
 // NodeInfo is a node with what it carries.
@@ -1565,7 +1670,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1682,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1695,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{23}
+	return file_rangekv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NodeInfo) GetMember() *Member {
@@ -1623,7 +1728,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1740,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1753,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{24}
+	return file_rangekv_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1668,7 +1773,7 @@ type CloseRangeRequest struct {
 
 func (x *CloseRangeRequest) Reset() {
 	*x = CloseRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1785,7 @@ func (x *CloseRangeRequest) String() string {
 func (*CloseRangeRequest) ProtoMessage() {}
 
 func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1798,7 @@ func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeRequest.ProtoReflect.Descriptor instead.
 func (*CloseRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{25}
+	return file_rangekv_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CloseRangeRequest) GetRangeId() uint64 {
@@ -1719,7 +1824,7 @@ type CloseRangeResponse struct {
 
 func (x *CloseRangeResponse) Reset() {
 	*x = CloseRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1836,7 @@ func (x *CloseRangeResponse) String() string {
 func (*CloseRangeResponse) ProtoMessage() {}
 
 func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1849,7 @@ func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeResponse.ProtoReflect.Descriptor instead.
 func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{26}
+	return file_rangekv_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CloseRangeResponse) GetReadableRevision() int64 {
@@ -1767,7 +1872,7 @@ type MoveLeaderRequest struct {
 
 func (x *MoveLeaderRequest) Reset() {
 	*x = MoveLeaderRequest{}
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1884,7 @@ func (x *MoveLeaderRequest) String() string {
 func (*MoveLeaderRequest) ProtoMessage() {}
 
 func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1897,7 @@ func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderRequest.ProtoReflect.Descriptor instead.
 func (*MoveLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{27}
+	return file_rangekv_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MoveLeaderRequest) GetKey() []byte {
@@ -1825,7 +1930,7 @@ type MoveLeaderResponse struct {
 
 func (x *MoveLeaderResponse) Reset() {
 	*x = MoveLeaderResponse{}
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +1942,7 @@ func (x *MoveLeaderResponse) String() string {
 func (*MoveLeaderResponse) ProtoMessage() {}
 
 func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +1955,7 @@ func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderResponse.ProtoReflect.Descriptor instead.
 func (*MoveLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{28}
+	return file_rangekv_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MoveLeaderResponse) GetRange() *RangeInfo {
@@ -1923,7 +2028,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
-	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xe2\x01\n" +
+	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\x9b\x03\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1b\n" +
@@ -1932,7 +2037,17 @@ const file_rangekv_proto_rawDesc = "" +
 	"\ttimestamp\x18\x04 \x01(\x03R\ttimestamp\x129\n" +
 	"\bmessages\x18\x05 \x03(\v2\x1d.rangekv.txnproto.RaftMessageR\bmessages\x12 \n" +
 	"\fwall_time_ms\x18\x06 \x01(\x03R\n" +
-	"wallTimeMs\"\n" +
+	"wallTimeMs\x12\x1d\n" +
+	"\n" +
+	"vote_epoch\x18\a \x01(\x04R\tvoteEpoch\x12-\n" +
+	"\x12produced_timestamp\x18\b \x01(\x03R\x11producedTimestamp\x12.\n" +
+	"\x13produced_vote_epoch\x18\t \x01(\x04R\x11producedVoteEpoch\x129\n" +
+	"\x06closed\x18\n" +
+	" \x03(\v2!.rangekv.txnproto.ClosedTimestampR\x06closed\"m\n" +
+	"\x0fClosedTimestamp\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\"\n" +
 	"\n" +
 	"\bBatchAck\"2\n" +
 	"\bKeyValue\x12\x10\n" +
@@ -2028,7 +2143,7 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
 	(*ReplicaDescriptor)(nil),  // 1: rangekv.txnproto.ReplicaDescriptor
@@ -2043,23 +2158,24 @@ var file_rangekv_proto_goTypes = []any{
 	(*Command)(nil),            // 10: rangekv.txnproto.Command
 	(*RaftMessage)(nil),        // 11: rangekv.txnproto.RaftMessage
 	(*RaftMessageBatch)(nil),   // 12: rangekv.txnproto.RaftMessageBatch
-	(*BatchAck)(nil),           // 13: rangekv.txnproto.BatchAck
-	(*KeyValue)(nil),           // 14: rangekv.txnproto.KeyValue
-	(*SnapshotChunk)(nil),      // 15: rangekv.txnproto.SnapshotChunk
-	(*SnapshotResponse)(nil),   // 16: rangekv.txnproto.SnapshotResponse
-	(*RangeInfo)(nil),          // 17: rangekv.txnproto.RangeInfo
-	(*ListRangesRequest)(nil),  // 18: rangekv.txnproto.ListRangesRequest
-	(*ListRangesResponse)(nil), // 19: rangekv.txnproto.ListRangesResponse
-	(*RangeForKeyRequest)(nil), // 20: rangekv.txnproto.RangeForKeyRequest
-	(*SplitRangeRequest)(nil),  // 21: rangekv.txnproto.SplitRangeRequest
-	(*SplitRangeResponse)(nil), // 22: rangekv.txnproto.SplitRangeResponse
-	(*ListNodesRequest)(nil),   // 23: rangekv.txnproto.ListNodesRequest
-	(*NodeInfo)(nil),           // 24: rangekv.txnproto.NodeInfo
-	(*ListNodesResponse)(nil),  // 25: rangekv.txnproto.ListNodesResponse
-	(*CloseRangeRequest)(nil),  // 26: rangekv.txnproto.CloseRangeRequest
-	(*CloseRangeResponse)(nil), // 27: rangekv.txnproto.CloseRangeResponse
-	(*MoveLeaderRequest)(nil),  // 28: rangekv.txnproto.MoveLeaderRequest
-	(*MoveLeaderResponse)(nil), // 29: rangekv.txnproto.MoveLeaderResponse
+	(*ClosedTimestamp)(nil),    // 13: rangekv.txnproto.ClosedTimestamp
+	(*BatchAck)(nil),           // 14: rangekv.txnproto.BatchAck
+	(*KeyValue)(nil),           // 15: rangekv.txnproto.KeyValue
+	(*SnapshotChunk)(nil),      // 16: rangekv.txnproto.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 17: rangekv.txnproto.SnapshotResponse
+	(*RangeInfo)(nil),          // 18: rangekv.txnproto.RangeInfo
+	(*ListRangesRequest)(nil),  // 19: rangekv.txnproto.ListRangesRequest
+	(*ListRangesResponse)(nil), // 20: rangekv.txnproto.ListRangesResponse
+	(*RangeForKeyRequest)(nil), // 21: rangekv.txnproto.RangeForKeyRequest
+	(*SplitRangeRequest)(nil),  // 22: rangekv.txnproto.SplitRangeRequest
+	(*SplitRangeResponse)(nil), // 23: rangekv.txnproto.SplitRangeResponse
+	(*ListNodesRequest)(nil),   // 24: rangekv.txnproto.ListNodesRequest
+	(*NodeInfo)(nil),           // 25: rangekv.txnproto.NodeInfo
+	(*ListNodesResponse)(nil),  // 26: rangekv.txnproto.ListNodesResponse
+	(*CloseRangeRequest)(nil),  // 27: rangekv.txnproto.CloseRangeRequest
+	(*CloseRangeResponse)(nil), // 28: rangekv.txnproto.CloseRangeResponse
+	(*MoveLeaderRequest)(nil),  // 29: rangekv.txnproto.MoveLeaderRequest
+	(*MoveLeaderResponse)(nil), // 30: rangekv.txnproto.MoveLeaderResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
@@ -2071,37 +2187,38 @@ var file_rangekv_proto_depIdxs = []int32{
 	8,  // 6: rangekv.txnproto.Command.split:type_name -> rangekv.txnproto.SplitCommand
 	9,  // 7: rangekv.txnproto.Command.close:type_name -> rangekv.txnproto.CloseCommand
 	11, // 8: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
-	5,  // 9: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
-	2,  // 10: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
-	14, // 11: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
-	1,  // 12: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
-	17, // 13: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
-	17, // 14: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
-	17, // 15: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
-	3,  // 16: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
-	24, // 17: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
-	17, // 18: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
-	12, // 19: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	15, // 20: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	18, // 21: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
-	20, // 22: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
-	21, // 23: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
-	23, // 24: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	26, // 25: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
-	28, // 26: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
-	13, // 27: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	16, // 28: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	19, // 29: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	17, // 30: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	22, // 31: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	25, // 32: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	27, // 33: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
-	29, // 34: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	13, // 9: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
+	5,  // 10: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
+	2,  // 11: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
+	15, // 12: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
+	1,  // 13: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	18, // 14: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
+	18, // 15: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
+	18, // 16: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
+	3,  // 17: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
+	25, // 18: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
+	18, // 19: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
+	12, // 20: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	16, // 21: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	19, // 22: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	21, // 23: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	22, // 24: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	24, // 25: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	27, // 26: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	29, // 27: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
+	14, // 28: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	17, // 29: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	20, // 30: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	18, // 31: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	23, // 32: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	26, // 33: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	28, // 34: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	30, // 35: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
+	28, // [28:36] is the sub-list for method output_type
+	20, // [20:28] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -2115,7 +2232,7 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

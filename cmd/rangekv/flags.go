@@ -33,6 +33,7 @@ const (
 	flagMaxTxnOps                   = "max-txn-ops"
 	flagSnapshotCount               = "snapshot-count"
 	flagMaxClockOffset              = "max-clock-offset"
+	flagClosedTimestampInterval     = "closed-timestamp-interval"
 	flagRangeMaxBytes               = "range-max-bytes"
 	flagRangeSplitQPS               = "range-split-qps"
 	flagLeaderBalance               = "leader-balance"
@@ -70,6 +71,7 @@ type options struct {
 	rangeMaxBytes   int64
 	rangeSplitQPS   float64
 	maxClockOffset  time.Duration
+	closedInterval  time.Duration
 	watchProgress   time.Duration
 
 	logger     *choiceValue
@@ -109,6 +111,7 @@ func newOptions() *options {
 	fs.BoolVar(&o.leaderBalance, flagLeaderBalance, d.LeaderBalance, "Spread range leaderships evenly over the nodes by moving them from the node leading the most user ranges.")
 	fs.Float64Var(&o.rangeSplitQPS, flagRangeSplitQPS, d.RangeSplitQPS, "A range serving more requests per second than this, sustained over 10s, splits where its load divides; 0 disables load-based splits.")
 	fs.DurationVar(&o.maxClockOffset, flagMaxClockOffset, d.MaxClockOffset, "Largest clock skew tolerated between nodes; a node further off stops serving.")
+	fs.DurationVar(&o.closedInterval, flagClosedTimestampInterval, d.ClosedTimestampInterval, "How often range leaders publish closed timestamps to followers, letting multi-range watches and reads proceed on idle ranges; 0 turns it off.")
 	fs.DurationVar(&o.watchProgress, flagWatchProgressNotifyInterval, d.WatchProgressNotifyInterval, "Period of progress notifications to watchers that request them.")
 
 	// Clustering.
@@ -255,6 +258,7 @@ func resolve(o *options, environ []string) (settings, error) {
 	cfg.RangeSplitQPS = o.rangeSplitQPS
 	cfg.LeaderBalance = o.leaderBalance
 	cfg.MaxClockOffset = o.maxClockOffset
+	cfg.ClosedTimestampInterval = o.closedInterval
 	cfg.EnablePprof = o.enablePprof
 	cfg.UnsafeClockSkew = o.unsafeClockSkew
 	cfg.WatchProgressNotifyInterval = o.watchProgress

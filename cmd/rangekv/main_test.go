@@ -191,6 +191,7 @@ func TestEnv(t *testing.T) {
 			"RANGEKV_RANGE_MAX_BYTES=4096",
 			"RANGEKV_RANGE_SPLIT_QPS=50.5",
 			"RANGEKV_MAX_CLOCK_OFFSET=1s",
+			"RANGEKV_CLOSED_TIMESTAMP_INTERVAL=40ms",
 			"RANGEKV_WATCH_PROGRESS_NOTIFY_INTERVAL=1m",
 			"RANGEKV_ENABLE_PPROF=true",
 			"RANGEKV_LEADER_BALANCE=false",
@@ -202,13 +203,13 @@ func TestEnv(t *testing.T) {
 		}
 		s := mustParse(t, nil, env...)
 		c := s.cfg
-		got := fmt.Sprintf("%s %s %s %s %s %s %s %s %s %v %v %d %d %d %d %v %v %v %v %v %v %v %v",
+		got := fmt.Sprintf("%s %s %s %s %s %s %s %s %s %v %v %d %d %d %d %v %v %v %v %v %v %v %v %v",
 			c.Name, c.DataDir, urls(c.ListenClientURLs), urls(c.AdvertiseClientURLs), urls(c.ListenPeerURLs),
 			urls(c.InitialAdvertisePeerURLs), node.FormatInitialCluster(c.InitialCluster), c.InitialClusterState,
 			c.InitialClusterToken, c.HeartbeatInterval, c.ElectionTimeout, c.MaxRequestBytes, c.MaxTxnOps,
-			c.SnapshotCount, c.RangeMaxBytes, c.RangeSplitQPS, c.MaxClockOffset, c.WatchProgressNotifyInterval, c.EnablePprof, c.UnsafeClockSkew, c.LeaderBalance, s.logLevel, s.logOutputs)
+			c.SnapshotCount, c.RangeMaxBytes, c.RangeSplitQPS, c.MaxClockOffset, c.WatchProgressNotifyInterval, c.EnablePprof, c.UnsafeClockSkew, c.LeaderBalance, s.logLevel, s.logOutputs, c.ClosedTimestampInterval)
 		want := "infra3 /d http://127.0.0.1:32379 http://127.0.0.1:32379 http://127.0.0.1:32380 http://127.0.0.1:32380 " +
-			"infra3=http://127.0.0.1:32380 existing etcd-cluster-1 20ms 200ms 100 3 7 4096 50.5 1s 1m0s true 2s false warn [stdout]"
+			"infra3=http://127.0.0.1:32380 existing etcd-cluster-1 20ms 200ms 100 3 7 4096 50.5 1s 1m0s true 2s false warn [stdout] 40ms"
 		if got != want {
 			t.Fatalf("config from env:\n got  %s\n want %s", got, want)
 		}
@@ -280,6 +281,7 @@ func TestBadInput(t *testing.T) {
 		{name: "election too long", args: []string{"--heartbeat-interval", "1000", "--election-timeout", "60000"}, want: "is too long"},
 		{name: "bad duration", args: []string{"--max-clock-offset", "500"}, want: `invalid value "500" for --max-clock-offset`},
 		{name: "zero clock offset", args: []string{"--max-clock-offset", "0s"}, want: "--max-clock-offset must be >0"},
+		{name: "negative closed timestamp interval", args: []string{"--closed-timestamp-interval", "-1s"}, want: "--closed-timestamp-interval must be >=0"},
 		{name: "negative progress interval", args: []string{"--watch-progress-notify-interval", "-1s"}, want: "--watch-progress-notify-interval must be >0"},
 		{name: "zero request bytes", args: []string{"--max-request-bytes", "0"}, want: "--max-request-bytes must be >0"},
 		{name: "negative txn ops", args: []string{"--max-txn-ops", "-5"}, want: "--max-txn-ops must be >0"},

@@ -108,6 +108,7 @@ func configFields(s settings) []zap.Field {
 		zap.Int64(flagRangeMaxBytes, c.RangeMaxBytes),
 		zap.Float64(flagRangeSplitQPS, c.RangeSplitQPS),
 		zap.Duration(flagMaxClockOffset, c.MaxClockOffset),
+		zap.Duration(flagClosedTimestampInterval, c.ClosedTimestampInterval),
 		zap.Duration(flagWatchProgressNotifyInterval, c.WatchProgressNotifyInterval),
 		zap.String(flagLogLevel, s.logLevel.String()),
 		zap.Strings(flagLogOutputs, s.logOutputs),

@@ -1,0 +1,254 @@
+package rangeraft
+
+import (
+	"slices"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Side-channel closed timestamps (docs/closed-timestamps.md, "The side
+// channel"). A range leader closes its range at T without a raft command
+// when:
+//
+//  1. no write of its log can still apply at or below T: it has applied
+//     every entry of earlier terms (applied index ≥ leaderSince), and T is
+//     below the timestamp of each of its own proposals not yet applied
+//     (inflight), so everything past its applied index a applies above T;
+//  2. no later leader can write at or below T: a majority of the voters
+//     (itself included) have shown a clock at least T while still in its
+//     term (clockEvidence), and every vote a node casts afterwards travels
+//     in a batch stamped at least that high, so a new leader's clock is
+//     past T before it proposes anything.
+//
+// The leader then treats the range as readable at T, and sends (T, a) to
+// the followers, which do the same once they have applied through a.
+
+// maxPendingCloses bounds the closes a follower holds for indexes it has
+// not applied yet; more are dropped (the next interval brings newer ones).
+const maxPendingCloses = 8
+
+// clockEvidence is a lower bound on a node's clock: the node's HLC was at
+// least stamp while its vote epoch was epoch.
+type clockEvidence struct {
+	stamp int64
+	epoch uint64
+}
+
+// pendingClose is a side-channel close awaiting the apply of index.
+type pendingClose struct {
+	rev   int64
+	index uint64
+}
+
+// inflightProposal is a proposal of this leader not yet applied.
+type inflightProposal struct {
+	ts   int64
+	term uint64
+}
+
+// resetLeadershipLocked starts or ends the replica's side-channel closing
+// for the raft term it now has: as leader, only entries from lastIndex on
+// are its own.
+func (r *Replica) resetLeadershipLocked(lastIndex uint64) {
+	bs := r.raw.BasicStatus()
+	if bs.RaftState != raft.StateLeader {
+		if r.leaderTerm != 0 {
+			r.leaderTerm, r.leaderSince = 0, 0
+			clear(r.inflight)
+			clear(r.evidence)
+		}
+		return
+	}
+	if bs.GetTerm() == r.leaderTerm {
+		return
+	}
+	r.leaderTerm, r.leaderSince = bs.GetTerm(), lastIndex
+	for id, p := range r.inflight {
+		if p.term < bs.GetTerm() {
+			delete(r.inflight, id)
+		}
+	}
+	clear(r.evidence)
+}
+
+// recordEvidenceLocked notes, on the leader, that the voter that sent m (a
+// response of the leader's term) had a clock at least stamp in that term.
+func (r *Replica) recordEvidenceLocked(m *raftpb.Message, ev clockEvidence) {
+	if ev.stamp == 0 || r.leaderTerm == 0 || m.GetTerm() != r.leaderTerm {
+		return
+	}
+	switch m.GetType() {
+	case raftpb.MsgAppResp, raftpb.MsgHeartbeatResp:
+	default:
+		return
+	}
+	if ev.stamp > r.evidence[m.GetFrom()].stamp {
+		r.evidence[m.GetFrom()] = ev
+	}
+}
+
+// sideCloseLocked returns the revision the leader can close its range at
+// now and its applied index, or ok false when it cannot close above what
+// the range already promises. peerClocks holds the newest clock evidence
+// of every peer node, from any batch.
+func (r *Replica) sideCloseLocked(peerClocks map[uint64]clockEvidence) (rev int64, index uint64, ok bool) {
+	bs := r.raw.BasicStatus()
+	if bs.RaftState != raft.StateLeader || bs.GetTerm() != r.leaderTerm || r.st.applied.Index < r.leaderSince ||
+		len(r.st.confState.GetVotersOutgoing()) > 0 {
+		return 0, 0, false
+	}
+	now := r.store.cfg.Clock.Now()
+	t := now
+	for _, p := range r.inflight {
+		t = min(t, p.ts-1)
+	}
+	t = min(t, quorumClock(r.st.confState.GetVoters(), r.replicaID, now, r.evidence, peerClocks, r.nodeOfReplicaLocked))
+	if t <= r.readableLocked() {
+		return 0, 0, false
+	}
+	return t, r.st.applied.Index, true
+}
+
+// quorumClock returns the highest timestamp that a majority of voters
+// (replica IDs) have shown their clocks to be at while in the leader's
+// term: self counts at now; another voter at its evidence, raised to its
+// node's newest batch stamp when the node has cast no vote since (equal
+// vote epochs). A voter without evidence counts as 0. nodeOf maps a
+// replica ID to its node.
+func quorumClock(voters []uint64, self uint64, now int64, evidence map[uint64]clockEvidence,
+	peerClocks map[uint64]clockEvidence, nodeOf func(uint64) uint64) int64 {
+	if len(voters) == 0 {
+		return 0
+	}
+	stamps := make([]int64, 0, len(voters))
+	for _, v := range voters {
+		if v == self {
+			stamps = append(stamps, now)
+			continue
+		}
+		ev := evidence[v]
+		s := ev.stamp
+		if pc, ok := peerClocks[nodeOf(v)]; ok && s > 0 && pc.epoch == ev.epoch {
+			s = max(s, pc.stamp)
+		}
+		stamps = append(stamps, s)
+	}
+	slices.Sort(stamps)
+	// The quorum-th highest: a majority of voters are at least there.
+	return stamps[len(stamps)-(len(stamps)/2+1)]
+}
+
+// readableLocked is ReadableRevision with mu held.
+func (r *Replica) readableLocked() int64 {
+	return max(r.st.applied.Revision, r.st.applied.ClosedRevision, r.sideClosed)
+}
+
+// InstallClosed records a side-channel close from the range's leader:
+// the range never applies a write at or below rev, and once this replica
+// has applied through index it has applied every write at or below rev.
+// It reports whether the replica's readable revision moved.
+func (r *Replica) InstallClosed(rev int64, index uint64) bool {
+	r.mu.Lock()
+	before := r.readableLocked()
+	if index <= r.st.applied.Index {
+		r.sideClosed = max(r.sideClosed, rev)
+	} else if len(r.pendingCloses) < maxPendingCloses &&
+		(len(r.pendingCloses) == 0 || r.pendingCloses[len(r.pendingCloses)-1].rev < rev) {
+		r.pendingCloses = append(r.pendingCloses, pendingClose{rev: rev, index: index})
+		// Indexes arrive in order from one leader; a new leader's may be
+		// lower: keep the list ordered by index.
+		slices.SortFunc(r.pendingCloses, func(a, b pendingClose) int {
+			switch {
+			case a.index < b.index:
+				return -1
+			case a.index > b.index:
+				return 1
+			}
+			return 0
+		})
+	}
+	moved := r.readableLocked() > before
+	if moved {
+		r.signalAppliedLocked()
+	}
+	r.mu.Unlock()
+	if moved {
+		r.feed.Poke()
+	}
+	return moved
+}
+
+// promoteClosesLocked activates the pending closes whose index has
+// applied. It reports whether any did.
+func (r *Replica) promoteClosesLocked() bool {
+	n := 0
+	for n < len(r.pendingCloses) && r.pendingCloses[n].index <= r.st.applied.Index {
+		r.sideClosed = max(r.sideClosed, r.pendingCloses[n].rev)
+		n++
+	}
+	r.pendingCloses = r.pendingCloses[n:]
+	return n > 0
+}
+
+// signalAppliedLocked wakes WaitReadable and index waiters.
+func (r *Replica) signalAppliedLocked() {
+	close(r.appliedc)
+	r.appliedc = make(chan struct{})
+}
+
+// checkClosedLocked reports a write applying at or below the replica's
+// side-channel closed revision: a broken promise, which the protocol
+// rules out. It is counted and logged, for tests and operators.
+func (r *Replica) checkClosed(floor, rev int64, index uint64) {
+	if rev > floor {
+		return
+	}
+	r.store.metrics.closedViolations.Inc()
+	r.log.Error("write applied at or below the range's closed timestamp",
+		zap.Int64("revision", rev), zap.Int64("closed", floor), zap.Uint64("index", index))
+}
+
+// publishClosed runs one side-channel round (every
+// StoreConfig.ClosedTimestampInterval): each range this node leads is
+// closed as far as sideCloseLocked allows, locally and on the nodes of its
+// other replicas. Every peer gets a batch, entries or not: it doubles as
+// the clock evidence and liveness ping those nodes need.
+func (s *Store) publishClosed() {
+	peerClocks := s.live.clocks()
+	out := map[uint64][]*txnproto.ClosedTimestamp{}
+	for _, r := range s.replicaList(nil) {
+		r.mu.Lock()
+		rev, index, ok := r.sideCloseLocked(peerClocks)
+		var nodes []uint64
+		if ok {
+			for _, rd := range r.desc.Replicas {
+				if rd.NodeId != s.cfg.NodeID {
+					nodes = append(nodes, rd.NodeId)
+				}
+			}
+		}
+		r.mu.Unlock()
+		if !ok {
+			continue
+		}
+		r.InstallClosed(rev, index)
+		ct := &txnproto.ClosedTimestamp{RangeId: r.RangeID, Revision: rev, AppliedIndex: index}
+		for _, n := range nodes {
+			out[n] = append(out[n], ct)
+		}
+	}
+	s.mu.RLock()
+	peers := s.peers
+	s.mu.RUnlock()
+	for _, n := range peers {
+		s.transport.sendClosed(n, out[n])
+		delete(out, n)
+	}
+	for n, cts := range out {
+		s.transport.sendClosed(n, cts)
+	}
+}
