@@ -7,6 +7,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 
+	"github.com/rangekv/rangekv/hlc"
+
 	"github.com/rangekv/rangekv/txnproto"
 )
 
@@ -27,9 +29,21 @@ import (
 // The leader then treats the range as readable at T, and sends (T, a) to
 // the followers, which do the same once they have applied through a.
 
+// quiescedCloseEvery is how many side-channel rounds pass between closes
+// of a quiesced range (every round for the others): it publishes nothing
+// new most rounds but would cost a lock, a clock comparison and ~20 bytes
+// per peer each time, which with a thousand ranges is most of an idle
+// node's CPU. A watch or read that needs one sooner closes it through the
+// log, which also wakes it.
+const quiescedCloseEvery = 10
+
 // maxPendingCloses bounds the closes a follower holds for indexes it has
 // not applied yet; more are dropped (the next interval brings newer ones).
 const maxPendingCloses = 8
+
+// evidenceWakeEvery is the least time, as an HLC difference (one second),
+// between two wakes of a quiesced range to renew its clock evidence.
+const evidenceWakeEvery = int64(1000) << hlc.LogicalBits
 
 // clockEvidence is a lower bound on a node's clock: the node's HLC was at
 // least stamp while its vote epoch was epoch.
@@ -58,6 +72,7 @@ func (r *Replica) resetLeadershipLocked(lastIndex uint64) {
 	if bs.RaftState != raft.StateLeader {
 		if r.leaderTerm != 0 {
 			r.leaderTerm, r.leaderSince = 0, 0
+			r.leading.Store(false)
 			clear(r.inflight)
 			clear(r.evidence)
 		}
@@ -67,6 +82,7 @@ func (r *Replica) resetLeadershipLocked(lastIndex uint64) {
 		return
 	}
 	r.leaderTerm, r.leaderSince = bs.GetTerm(), lastIndex
+	r.leading.Store(true)
 	for id, p := range r.inflight {
 		if p.term < bs.GetTerm() {
 			delete(r.inflight, id)
@@ -92,54 +108,79 @@ func (r *Replica) recordEvidenceLocked(m *raftpb.Message, ev clockEvidence) {
 }
 
 // sideCloseLocked returns the revision the leader can close its range at
-// now and its applied index, or ok false when it cannot close above what
-// the range already promises. peerClocks holds the newest clock evidence
-// of every peer node, from any batch.
-func (r *Replica) sideCloseLocked(peerClocks map[uint64]clockEvidence) (rev int64, index uint64, ok bool) {
-	bs := r.raw.BasicStatus()
-	if bs.RaftState != raft.StateLeader || bs.GetTerm() != r.leaderTerm || r.st.applied.Index < r.leaderSince ||
-		len(r.st.confState.GetVotersOutgoing()) > 0 {
+// and its applied index, or ok false when it cannot close above what the
+// range already promises. now is the clock's reading for this round,
+// taken before mu; peerClocks holds the newest clock evidence of every
+// peer node, from any batch.
+//
+// Whether this replica still leads is not part of the safety argument
+// (a deposed leader's evidence still binds every later leader), so the
+// replica's own notion of its term, refreshed every scheduler pass, is
+// enough: it spares raft's status on every replica every round.
+func (r *Replica) sideCloseLocked(now int64, peerClocks map[uint64]clockEvidence) (rev int64, index uint64, ok bool) {
+	if r.leaderTerm == 0 || r.st.applied.Index < r.leaderSince ||
+		len(r.st.confState.GetVotersOutgoing()) > 0 || len(r.st.confState.GetVoters()) != len(r.desc.Replicas) {
 		return 0, 0, false
 	}
-	now := r.store.cfg.Clock.Now()
 	t := now
-	for _, p := range r.inflight {
-		t = min(t, p.ts-1)
+	if len(r.inflight) > 0 {
+		for _, p := range r.inflight {
+			t = min(t, p.ts-1)
+		}
 	}
-	t = min(t, quorumClock(r.st.confState.GetVoters(), r.replicaID, now, r.evidence, peerClocks, r.nodeOfReplicaLocked))
+	q, stale := quorumClock(r.desc.Replicas, r.replicaID, now, r.evidence, peerClocks)
+	t = min(t, q)
 	if t <= r.readableLocked() {
+		if stale && r.quiesced && now-r.evidenceWake > evidenceWakeEvery {
+			// The evidence that let this quiesced range close went stale
+			// (its voters cast votes since, elsewhere most likely): one
+			// round of heartbeats renews it, then it quiesces again. At
+			// most once a second per range: a burst of elections (a
+			// rebalance) would otherwise wake every range over and over.
+			// Demand (a watch or read closing through the log) wakes it
+			// sooner.
+			r.evidenceWake = now
+			r.unquiesceLocked()
+			r.store.enqueue(r.RangeID)
+		}
 		return 0, 0, false
 	}
 	return t, r.st.applied.Index, true
 }
 
-// quorumClock returns the highest timestamp that a majority of voters
-// (replica IDs) have shown their clocks to be at while in the leader's
-// term: self counts at now; another voter at its evidence, raised to its
-// node's newest batch stamp when the node has cast no vote since (equal
-// vote epochs). A voter without evidence counts as 0. nodeOf maps a
-// replica ID to its node.
-func quorumClock(voters []uint64, self uint64, now int64, evidence map[uint64]clockEvidence,
-	peerClocks map[uint64]clockEvidence, nodeOf func(uint64) uint64) int64 {
-	if len(voters) == 0 {
-		return 0
+// quorumClock returns the highest timestamp that a majority of the
+// range's replicas (all voters) have shown their clocks to be at while in
+// the leader's term: self counts at now; another replica at its evidence,
+// raised to its node's newest batch stamp when the node has cast no vote
+// since (equal vote epochs). A replica without evidence counts as 0.
+// stale reports a replica without evidence or whose node has voted since.
+func quorumClock(replicas []*txnproto.ReplicaDescriptor, self uint64, now int64, evidence map[uint64]clockEvidence,
+	peerClocks map[uint64]clockEvidence) (q int64, stale bool) {
+	if len(replicas) == 0 {
+		return 0, false
 	}
-	stamps := make([]int64, 0, len(voters))
-	for _, v := range voters {
-		if v == self {
+	var buf [7]int64
+	stamps := buf[:0]
+	for _, rd := range replicas {
+		if rd.ReplicaId == self {
 			stamps = append(stamps, now)
 			continue
 		}
-		ev := evidence[v]
+		ev := evidence[rd.ReplicaId]
 		s := ev.stamp
-		if pc, ok := peerClocks[nodeOf(v)]; ok && s > 0 && pc.epoch == ev.epoch {
+		switch pc, ok := peerClocks[rd.NodeId]; {
+		case s == 0:
+			stale = true
+		case ok && pc.epoch == ev.epoch:
 			s = max(s, pc.stamp)
+		case ok:
+			stale = true
 		}
 		stamps = append(stamps, s)
 	}
 	slices.Sort(stamps)
 	// The quorum-th highest: a majority of voters are at least there.
-	return stamps[len(stamps)-(len(stamps)/2+1)]
+	return stamps[len(stamps)-(len(stamps)/2+1)], stale
 }
 
 // readableLocked is ReadableRevision with mu held.
@@ -194,10 +235,23 @@ func (r *Replica) promoteClosesLocked() bool {
 	return n > 0
 }
 
-// signalAppliedLocked wakes WaitReadable and index waiters.
+// signalAppliedLocked wakes WaitReadable callers. The channel is made
+// only when one waits (appliedWaitLocked), so an apply or close nobody
+// waits for allocates nothing.
 func (r *Replica) signalAppliedLocked() {
-	close(r.appliedc)
-	r.appliedc = make(chan struct{})
+	if r.appliedc != nil {
+		close(r.appliedc)
+		r.appliedc = nil
+	}
+}
+
+// appliedWaitLocked returns a channel closed at the next apply or
+// readable-revision change.
+func (r *Replica) appliedWaitLocked() <-chan struct{} {
+	if r.appliedc == nil {
+		r.appliedc = make(chan struct{})
+	}
+	return r.appliedc
 }
 
 // checkClosedLocked reports a write applying at or below the replica's
@@ -215,14 +269,21 @@ func (r *Replica) checkClosed(floor, rev int64, index uint64) {
 // publishClosed runs one side-channel round (every
 // StoreConfig.ClosedTimestampInterval): each range this node leads is
 // closed as far as sideCloseLocked allows, locally and on the nodes of its
-// other replicas. Every peer gets a batch, entries or not: it doubles as
-// the clock evidence and liveness ping those nodes need.
+// other replicas. Every quiescedCloseEvery rounds every peer gets a batch,
+// entries or not: the node-level clock evidence quiesced ranges close on.
 func (s *Store) publishClosed() {
 	peerClocks := s.live.clocks()
 	out := map[uint64][]*txnproto.ClosedTimestamp{}
-	for _, r := range s.replicaList(nil) {
+	s.closing = s.replicaList(s.closing[:0])
+	s.closeRound++
+	quiescedToo := s.closeRound%quiescedCloseEvery == 0
+	now := s.cfg.Clock.Now()
+	for _, r := range s.closing {
+		if !r.leading.Load() || !quiescedToo && r.idle.Load() {
+			continue
+		}
 		r.mu.Lock()
-		rev, index, ok := r.sideCloseLocked(peerClocks)
+		rev, index, ok := r.sideCloseLocked(now, peerClocks)
 		var nodes []uint64
 		if ok {
 			for _, rd := range r.desc.Replicas {
@@ -245,7 +306,11 @@ func (s *Store) publishClosed() {
 	peers := s.peers
 	s.mu.RUnlock()
 	for _, n := range peers {
-		s.transport.sendClosed(n, out[n])
+		// Rounds that close quiesced ranges ping every peer, entries or
+		// not: the clock evidence those ranges close on.
+		if quiescedToo || len(out[n]) > 0 {
+			s.transport.sendClosed(n, out[n])
+		}
 		delete(out, n)
 	}
 	for n, cts := range out {

@@ -6,36 +6,48 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/txnproto"
 )
 
 func TestQuorumClock(t *testing.T) {
-	nodeOf := func(replica uint64) uint64 { return replica * 10 }
-	voters := []uint64{1, 2, 3}
+	// Replica i lives on node 10*i.
+	replicas := func(ids ...uint64) []*txnproto.ReplicaDescriptor {
+		var out []*txnproto.ReplicaDescriptor
+		for _, id := range ids {
+			out = append(out, &txnproto.ReplicaDescriptor{ReplicaId: id, NodeId: 10 * id})
+		}
+		return out
+	}
+	three := replicas(1, 2, 3)
 	cases := []struct {
-		name     string
-		voters   []uint64
-		evidence map[uint64]clockEvidence
-		peers    map[uint64]clockEvidence
-		want     int64
+		name      string
+		replicas  []*txnproto.ReplicaDescriptor
+		evidence  map[uint64]clockEvidence
+		peers     map[uint64]clockEvidence
+		want      int64
+		wantStale bool
 	}{
-		{name: "no evidence: only self", voters: voters, want: 0},
-		{name: "single voter is its own majority", voters: []uint64{1}, want: 100},
-		{name: "majority is self and the fresher peer", voters: voters,
+		{name: "no evidence: only self", replicas: three, want: 0, wantStale: true},
+		{name: "single voter is its own majority", replicas: replicas(1), want: 100},
+		{name: "majority is self and the fresher peer", replicas: three,
 			evidence: map[uint64]clockEvidence{2: {stamp: 40, epoch: 7}, 3: {stamp: 60, epoch: 9}}, want: 60},
-		{name: "a node without new votes counts at its newest batch", voters: voters,
+		{name: "a node without new votes counts at its newest batch", replicas: three,
 			evidence: map[uint64]clockEvidence{2: {stamp: 40, epoch: 7}, 3: {stamp: 60, epoch: 9}},
 			peers:    map[uint64]clockEvidence{20: {stamp: 90, epoch: 7}}, want: 90},
-		{name: "a node that voted since counts only at its evidence", voters: voters,
+		{name: "a node that voted since counts only at its evidence", replicas: three,
 			evidence: map[uint64]clockEvidence{2: {stamp: 40, epoch: 7}, 3: {stamp: 60, epoch: 9}},
-			peers:    map[uint64]clockEvidence{20: {stamp: 90, epoch: 8}, 30: {stamp: 95, epoch: 10}}, want: 60},
-		{name: "batches never stand in for missing evidence", voters: voters,
-			peers: map[uint64]clockEvidence{20: {stamp: 90}, 30: {stamp: 95}}, want: 0},
-		{name: "five voters need three", voters: []uint64{1, 2, 3, 4, 5},
-			evidence: map[uint64]clockEvidence{2: {stamp: 10}, 3: {stamp: 50}, 4: {stamp: 30}}, want: 30},
+			peers:    map[uint64]clockEvidence{20: {stamp: 90, epoch: 8}, 30: {stamp: 95, epoch: 10}}, want: 60, wantStale: true},
+		{name: "batches never stand in for missing evidence", replicas: three,
+			peers: map[uint64]clockEvidence{20: {stamp: 90}, 30: {stamp: 95}}, want: 0, wantStale: true},
+		{name: "five voters need three", replicas: replicas(1, 2, 3, 4, 5),
+			evidence: map[uint64]clockEvidence{2: {stamp: 10}, 3: {stamp: 50}, 4: {stamp: 30}, 5: {stamp: 5}}, want: 30},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, quorumClock(tc.voters, 1, 100, tc.evidence, tc.peers, nodeOf))
+			got, stale := quorumClock(tc.replicas, 1, 100, tc.evidence, tc.peers)
+			require.Equal(t, tc.want, got)
+			require.Equal(t, tc.wantStale, stale)
 		})
 	}
 }

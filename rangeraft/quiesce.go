@@ -112,6 +112,7 @@ func wakesQuiesced(m *raftpb.Message, quiesce bool) bool {
 // unquiesceLocked wakes the replica.
 func (r *Replica) unquiesceLocked() {
 	r.quiesced = false
+	r.idle.Store(false)
 	r.idleTicks = 0
 }
 
@@ -207,6 +208,7 @@ func (r *Replica) maybeQuiesceLocked() {
 		return
 	}
 	r.quiesced = true
+	r.idle.Store(r.leaderTerm != 0)
 	match := map[uint64]uint64{}
 	r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) { match[id] = pr.Match })
 	for _, rd := range r.desc.Replicas {

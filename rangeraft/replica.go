@@ -99,7 +99,8 @@ type Replica struct {
 	physicalDone  int64         // newest revision physically compacted
 	compactCond   chan struct{} // closed and replaced when physicalDone moves
 	compactTarget chan int64
-	// appliedc is closed and replaced after every apply batch.
+	// appliedc, when not nil, is closed at the next apply batch or
+	// readable-revision change (appliedWaitLocked).
 	appliedc chan struct{}
 	// quiesced replicas are not ticked (quiesce.go); idleTicks counts a
 	// leader's idle ticks towards quiescing.
@@ -126,6 +127,12 @@ type Replica struct {
 	evidence      map[uint64]clockEvidence
 	sideClosed    int64
 	pendingCloses []pendingClose
+	evidenceWake  int64 // HLC time of the last wake to renew evidence
+	// leading mirrors leaderTerm != 0, and idle "quiesced leader", without
+	// mu: side-channel rounds skip followers, and quiesced leaders most
+	// rounds, without touching their lock.
+	leading atomic.Bool
+	idle    atomic.Bool
 
 	// requests counts requests served by this replica; qps is their rate
 	// over the last qpsWindow, refreshed by the store (float64 bits).
@@ -837,7 +844,7 @@ func (r *Replica) WaitReadable(ctx context.Context, rev int64) error {
 	for {
 		r.mu.Lock()
 		readable := r.readableLocked()
-		ch := r.appliedc
+		ch := r.appliedWaitLocked()
 		r.mu.Unlock()
 		if readable >= rev {
 			return nil

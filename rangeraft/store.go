@@ -82,8 +82,12 @@ type Store struct {
 	// this node (closedts.go); seeded from the clock so that it never
 	// repeats across restarts.
 	voteEpoch atomic.Uint64
-	started   atomic.Bool
-	live      liveness
+	// closing is publishClosed's replica list, reused every round, and
+	// closeRound counts the rounds.
+	closing    []*Replica
+	closeRound uint64
+	started    atomic.Bool
+	live       liveness
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
@@ -193,7 +197,6 @@ func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor
 		inflightReads: map[string][]*readWaiter{},
 		compactCond:   make(chan struct{}),
 		compactTarget: make(chan int64, 1),
-		appliedc:      make(chan struct{}),
 		feed:          NewFeed(st.applied.Revision, s.cfg.FeedEvents),
 		physicalDone:  st.applied.CompactRevision,
 	}
