@@ -17,7 +17,7 @@ for i in $(seq 1 $((n - 1))); do
 	bin/rangekvctl range split "$(printf 'k%06d' "$i")" >/dev/null
 done
 echo "ranges: $(bin/rangekvctl range list -w json | grep -o '"range_id"' | wc -l) (splits took $(($(date +%s) - start)) s)"
-sleep 10
+sleep ${SETTLE:-10}
 declare -A before
 for p in $(pgrep -f "bin/rangekv --name infra"); do before[$p]=$(awk '{print $14+$15}' "/proc/$p/stat"); done
 sleep "$window"
