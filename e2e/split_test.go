@@ -989,6 +989,19 @@ type writeLog struct {
 	unknown map[string]string
 }
 
+// seedWrites writes keys prefix000..prefix099 through all of c's nodes
+// while every node is up, and returns the log of them.
+func seedWrites(t *testing.T, c *cluster, prefix string) *writeLog {
+	t.Helper()
+	log := &writeLog{t: t, acked: map[string]string{}, unknown: map[string]string{}}
+	all := newClient(t, strings.Split(c.endpoints(), ",")...)
+	for i := range 100 {
+		log.put(all, fmt.Sprintf("%s%03d", prefix, i), fmt.Sprintf("v%d", i))
+	}
+	require.Empty(t, log.unknown, "puts failed with every node up")
+	return log
+}
+
 // put writes a key that was never written before, through cli.
 func (l *writeLog) put(cli *clientv3.Client, key, val string) {
 	l.t.Helper()
@@ -1066,12 +1079,7 @@ func TestSplitKillNode(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3, manualSplitsOnly...)
 	ids := c.nodeIDs()
-	log := &writeLog{t: t, acked: map[string]string{}, unknown: map[string]string{}}
-	all := newClient(t, strings.Split(c.endpoints(), ",")...)
-	for i := range 100 {
-		log.put(all, fmt.Sprintf("f%03d", i), fmt.Sprintf("v%d", i))
-	}
-	require.Empty(t, log.unknown, "puts failed with every node up")
+	log := seedWrites(t, c, "f")
 
 	// A failed step leaves a node down: later steps would only time out.
 	if !t.Run("Follower", func(t *testing.T) {
@@ -1199,12 +1207,7 @@ func TestSplitKillMidApply(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 3, manualSplitsOnly...)
 	ids := c.nodeIDs()
-	log := &writeLog{t: t, acked: map[string]string{}, unknown: map[string]string{}}
-	all := newClient(t, strings.Split(c.endpoints(), ",")...)
-	for i := range 100 {
-		log.put(all, fmt.Sprintf("m%03d", i), fmt.Sprintf("v%d", i))
-	}
-	require.Empty(t, log.unknown, "puts failed with every node up")
+	log := seedWrites(t, c, "m")
 
 	var bounds []string
 	for _, tc := range []struct {

@@ -1,6 +1,7 @@
 package rangeraft
 
 import (
+	"cmp"
 	"slices"
 
 	"go.etcd.io/raft/v3"
@@ -8,7 +9,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/rangekv/rangekv/hlc"
-
 	"github.com/rangekv/rangekv/txnproto"
 )
 
@@ -65,10 +65,9 @@ type inflightProposal struct {
 }
 
 // resetLeadershipLocked starts or ends the replica's side-channel closing
-// for the raft term it now has: as leader, only entries from lastIndex on
-// are its own.
-func (r *Replica) resetLeadershipLocked(lastIndex uint64) {
-	bs := r.raw.BasicStatus()
+// for the raft state bs it now has: as leader, only entries from lastIndex
+// on are its own.
+func (r *Replica) resetLeadershipLocked(bs raft.BasicStatus, lastIndex uint64) {
 	if bs.RaftState != raft.StateLeader {
 		if r.leaderTerm != 0 {
 			r.leaderTerm, r.leaderSince = 0, 0
@@ -194,6 +193,17 @@ func (r *Replica) readableLocked() int64 {
 // It reports whether the replica's readable revision moved.
 func (r *Replica) InstallClosed(rev int64, index uint64) bool {
 	r.mu.Lock()
+	moved := r.installClosedLocked(rev, index)
+	r.mu.Unlock()
+	if moved {
+		r.feed.Poke()
+	}
+	return moved
+}
+
+// installClosedLocked is InstallClosed with mu held, except that the
+// caller pokes the feed (outside mu) when it reports true.
+func (r *Replica) installClosedLocked(rev int64, index uint64) bool {
 	before := r.readableLocked()
 	if index <= r.st.applied.Index {
 		r.sideClosed = max(r.sideClosed, rev)
@@ -202,59 +212,27 @@ func (r *Replica) InstallClosed(rev int64, index uint64) bool {
 		r.pendingCloses = append(r.pendingCloses, pendingClose{rev: rev, index: index})
 		// Indexes arrive in order from one leader; a new leader's may be
 		// lower: keep the list ordered by index.
-		slices.SortFunc(r.pendingCloses, func(a, b pendingClose) int {
-			switch {
-			case a.index < b.index:
-				return -1
-			case a.index > b.index:
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(r.pendingCloses, func(a, b pendingClose) int { return cmp.Compare(a.index, b.index) })
 	}
 	moved := r.readableLocked() > before
 	if moved {
 		r.signalAppliedLocked()
 	}
-	r.mu.Unlock()
-	if moved {
-		r.feed.Poke()
-	}
 	return moved
 }
 
 // promoteClosesLocked activates the pending closes whose index has
-// applied. It reports whether any did.
-func (r *Replica) promoteClosesLocked() bool {
+// applied.
+func (r *Replica) promoteClosesLocked() {
 	n := 0
 	for n < len(r.pendingCloses) && r.pendingCloses[n].index <= r.st.applied.Index {
 		r.sideClosed = max(r.sideClosed, r.pendingCloses[n].rev)
 		n++
 	}
 	r.pendingCloses = r.pendingCloses[n:]
-	return n > 0
 }
 
-// signalAppliedLocked wakes WaitReadable callers. The channel is made
-// only when one waits (appliedWaitLocked), so an apply or close nobody
-// waits for allocates nothing.
-func (r *Replica) signalAppliedLocked() {
-	if r.appliedc != nil {
-		close(r.appliedc)
-		r.appliedc = nil
-	}
-}
-
-// appliedWaitLocked returns a channel closed at the next apply or
-// readable-revision change.
-func (r *Replica) appliedWaitLocked() <-chan struct{} {
-	if r.appliedc == nil {
-		r.appliedc = make(chan struct{})
-	}
-	return r.appliedc
-}
-
-// checkClosedLocked reports a write applying at or below the replica's
+// checkClosed reports a write applying at or below the replica's
 // side-channel closed revision: a broken promise, which the protocol
 // rules out. It is counted and logged, for tests and operators.
 func (r *Replica) checkClosed(floor, rev int64, index uint64) {
@@ -284,22 +262,19 @@ func (s *Store) publishClosed() {
 		}
 		r.mu.Lock()
 		rev, index, ok := r.sideCloseLocked(now, peerClocks)
-		var nodes []uint64
+		moved := false
 		if ok {
+			moved = r.installClosedLocked(rev, index)
+			ct := &txnproto.ClosedTimestamp{RangeId: r.RangeID, Revision: rev, AppliedIndex: index}
 			for _, rd := range r.desc.Replicas {
 				if rd.NodeId != s.cfg.NodeID {
-					nodes = append(nodes, rd.NodeId)
+					out[rd.NodeId] = append(out[rd.NodeId], ct)
 				}
 			}
 		}
 		r.mu.Unlock()
-		if !ok {
-			continue
-		}
-		r.InstallClosed(rev, index)
-		ct := &txnproto.ClosedTimestamp{RangeId: r.RangeID, Revision: rev, AppliedIndex: index}
-		for _, n := range nodes {
-			out[n] = append(out[n], ct)
+		if moved {
+			r.feed.Poke()
 		}
 	}
 	s.mu.RLock()

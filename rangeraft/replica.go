@@ -839,6 +839,25 @@ func (r *Replica) Close(ctx context.Context, rev int64) error {
 	return res.Err
 }
 
+// signalAppliedLocked wakes WaitReadable callers. The channel is made
+// only when one waits (appliedWaitLocked), so an apply or close nobody
+// waits for allocates nothing.
+func (r *Replica) signalAppliedLocked() {
+	if r.appliedc != nil {
+		close(r.appliedc)
+		r.appliedc = nil
+	}
+}
+
+// appliedWaitLocked returns a channel closed at the next apply or
+// readable-revision change.
+func (r *Replica) appliedWaitLocked() <-chan struct{} {
+	if r.appliedc == nil {
+		r.appliedc = make(chan struct{})
+	}
+	return r.appliedc
+}
+
 // WaitReadable blocks until ReadableRevision reaches rev or ctx ends.
 func (r *Replica) WaitReadable(ctx context.Context, rev int64) error {
 	for {

@@ -595,8 +595,9 @@ func (s *Store) processReady() error {
 		if !raft.IsEmptyHardState(it.rd.HardState) {
 			r.st.hardState = it.rd.HardState
 		}
-		r.resetLeadershipLocked(it.lastIndex)
-		term := r.raw.BasicStatus().GetTerm()
+		bs := r.raw.BasicStatus()
+		r.resetLeadershipLocked(bs, it.lastIndex)
+		term := bs.GetTerm()
 		for _, m := range it.rd.Messages {
 			if staleResponse(m, term) {
 				// Produced in an earlier term than the replica has now:
