@@ -60,6 +60,10 @@ type Config struct {
 	// UnsafeClockSkew shifts this node's wall clock, for fault-injection
 	// tests of --max-clock-offset (never set it in production).
 	UnsafeClockSkew time.Duration
+	// TestingRaftReceiveDelay, when set, holds each raft batch from a
+	// node for the duration it returns before handling it (a one-way
+	// delay, in order), for in-process fault tests; nil in production.
+	TestingRaftReceiveDelay func(fromNode uint64) time.Duration `json:"-"`
 	// EnablePprof serves net/http/pprof under /debug/pprof/ on the client
 	// URLs (etcd --enable-pprof).
 	EnablePprof bool

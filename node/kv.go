@@ -154,14 +154,92 @@ func forward[T proto.Message](ctx context.Context, n *Node, rangeID, node uint64
 		return zero, status.Errorf(codes.Unavailable, "%s: cannot reach node %x: %v", notLeaderPrefix, node, err)
 	}
 	fctx := metadata.AppendToOutgoingContext(ctx, mdForwardedRange, strconv.FormatUint(rangeID, 10))
-	res, err := call(fctx, conn)
+	var md metadata.MD
+	res, err := call(fctx, headerConn{ClientConnInterface: conn, md: &md})
 	if err != nil {
 		return zero, err
 	}
 	if h, ok := any(res).(interface{ GetHeader() *pb.ResponseHeader }); ok && h.GetHeader() != nil {
 		h.GetHeader().MemberId = n.id
 	}
+	installForwardedClose(n, rangeID, md)
 	return res, nil
+}
+
+// headerConn captures the response header metadata of unary calls.
+type headerConn struct {
+	grpc.ClientConnInterface
+	md *metadata.MD
+}
+
+func (c headerConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.ClientConnInterface.Invoke(ctx, method, args, reply, append(opts, grpc.Header(c.md))...)
+}
+
+// mdClosed, a response header of forwarded reads, carries the leader's
+// closed timestamp after the read as "revision/index" (a side-channel
+// close: rangeraft.Replica.InstallClosed). The forwarding node installs
+// it, so its replica can serve the read's revision at once instead of at
+// the next side-channel round.
+const mdClosed = "rangekv-closed"
+
+// setForwardedClose sends r's closed timestamp back with a forwarded read.
+func setForwardedClose(ctx context.Context, r *rangeraft.Replica) {
+	rev, index := r.ClosedPromise()
+	_ = grpc.SetHeader(ctx, metadata.Pairs(mdClosed, strconv.FormatInt(rev, 10)+"/"+strconv.FormatUint(index, 10)))
+}
+
+// installForwardedClose installs the close a leader sent with a forwarded
+// read (mdClosed) on the local replica of the range.
+func installForwardedClose(n *Node, rangeID uint64, md metadata.MD) {
+	v := md.Get(mdClosed)
+	if len(v) != 1 {
+		return
+	}
+	revStr, indexStr, ok := strings.Cut(v[0], "/")
+	rev, err1 := strconv.ParseInt(revStr, 10, 64)
+	index, err2 := strconv.ParseUint(indexStr, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return
+	}
+	if r := n.store.Replica(rangeID); r != nil {
+		r.InstallClosed(rev, index)
+	}
+}
+
+// prepareRead readies the leader r of a linearizable read's range to
+// serve it (docs/revisions.md, "Real-time order across ranges"): raft's
+// ReadIndex confirms leadership and waits for the commit index to apply
+// (raft thesis §6.4), while a clock round brings this node's clock past
+// every revision acknowledged before the read arrived; the range is then
+// closed at the round's reading (or at rev, a requested revision later
+// still, which must be one the cluster may have issued), so the read's
+// header revision is at least every such revision.
+func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64) error {
+	type round struct {
+		ts  int64
+		err error
+	}
+	roundc := make(chan round, 1)
+	go func() {
+		ts, err := n.store.ClockRound(ctx)
+		roundc <- round{ts, err}
+	}()
+	if err := r.ReadIndex(ctx); err != nil {
+		return err
+	}
+	res := <-roundc
+	if res.err != nil {
+		return res.err
+	}
+	target := res.ts
+	if rev > target {
+		if rev > r.ReadableRevision() && rev > n.maxIssuedRevision() {
+			return rpctypes.ErrGRPCFutureRev
+		}
+		target = rev
+	}
+	return r.CloseAt(ctx, target)
 }
 
 // retryableForward reports whether a forwarding error proves the request
@@ -256,10 +334,21 @@ func (s *kvServer) checkSize(m proto.Message) error {
 	return nil
 }
 
-// propose replicates one etcd write on r and returns the applier's result.
+// propose replicates one etcd write on r and returns the applier's
+// result. A clock round comes first, so the write is stamped above every
+// revision acknowledged before it arrived, and the result waits until a
+// majority of the cluster's clocks have reached its revision
+// (docs/revisions.md, "Real-time order across ranges").
 func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
 	r.RecordRequest(key)
-	return r.Propose(ctx, cmd)
+	if _, err := s.n.store.ClockRound(ctx); err != nil {
+		return rangeraft.ApplyResult{}, err
+	}
+	res, err := r.Propose(ctx, cmd)
+	if err != nil {
+		return res, err
+	}
+	return res, s.n.store.WaitClockQuorum(ctx, res.Revision)
 }
 
 // Range implements etcd's KV.Range. A range request over keys of several
@@ -278,13 +367,14 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 		}
 	} else {
 		resp, err = onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
-			if err := r.ReadIndex(ctx); err != nil {
+			if err := s.n.prepareRead(ctx, r, req.Revision); err != nil {
 				return nil, err
 			}
-			if err := s.n.closeForRead(ctx, r, req.Revision); err != nil {
+			resp, err := s.n.readLocal(r, req)
+			if err != nil {
 				return nil, err
 			}
-			return s.n.readLocal(r, req)
+			return resp, s.n.acknowledge(ctx, s, r, resp.Header)
 		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
 			return pb.NewKVClient(cc).Range(ctx, req)
 		})
@@ -296,19 +386,16 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 	return resp, err
 }
 
-// closeForRead lets the leader r serve a read at rev when rev is above the
-// range's readable revision but is a revision the cluster may have
-// issued (another range's write): it closes rev on the range first. A
-// revision beyond this node's clock plus --max-clock-offset is a future
-// revision, as in etcd.
-func (n *Node) closeForRead(ctx context.Context, r *rangeraft.Replica, rev int64) error {
-	if rev <= 0 || rev <= r.ReadableRevision() {
-		return nil
+// acknowledge holds a response with header h, served on r, until a
+// majority of the cluster's nodes have clocks at least its revision
+// (rangeraft.Store.WaitClockQuorum), so that no request begun after it
+// gets a smaller revision; a forwarded read also carries the range's
+// closed timestamp back (mdClosed).
+func (n *Node) acknowledge(ctx context.Context, s *kvServer, r *rangeraft.Replica, h *pb.ResponseHeader) error {
+	if s.peer {
+		setForwardedClose(ctx, r)
 	}
-	if rev > n.maxIssuedRevision() {
-		return rpctypes.ErrGRPCFutureRev
-	}
-	return r.Close(ctx, rev)
+	return n.store.WaitClockQuorum(ctx, h.Revision)
 }
 
 // maxIssuedRevision bounds the revisions any node may have issued: this
@@ -408,10 +495,14 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 			}
 		} else {
 			resp, err = onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
-				if err := r.ReadIndex(ctx); err != nil {
+				if err := s.n.prepareRead(ctx, r, 0); err != nil {
 					return nil, err
 				}
-				return s.n.txnLocal(r, req)
+				resp, err := s.n.txnLocal(r, req)
+				if err != nil {
+					return nil, err
+				}
+				return resp, s.n.acknowledge(ctx, s, r, resp.Header)
 			}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
 				return pb.NewKVClient(cc).Txn(ctx, req)
 			})

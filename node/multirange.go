@@ -200,24 +200,33 @@ func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, sta
 		for _, r := range rs[1:] {
 			t = min(t, r.ReadableRevision())
 		}
-	} else if t, err = s.n.closeAcross(ctx, rs, s.readTarget(req)); err != nil {
+	} else if t, err = s.n.closeAcrossNow(ctx, rs, req.Revision); err != nil {
 		if errors.Is(err, errStaleRange) {
 			return nil, err
 		}
 		return nil, translateErr(ctx, err)
 	}
-	return s.n.readAt(rs, req, t, start, end)
+	resp, err := s.n.readAt(rs, req, t, start, end)
+	if err != nil || req.Serializable {
+		return resp, err
+	}
+	return resp, s.n.store.WaitClockQuorum(ctx, t)
 }
 
-// readTarget is the revision a linearizable multi-range read closes at:
-// now, or the requested revision when it is later but still one the
-// cluster may have issued.
-func (s *kvServer) readTarget(req *pb.RangeRequest) int64 {
-	t := s.n.clock.Now()
-	if req.Revision > t && req.Revision <= s.n.maxIssuedRevision() {
-		t = req.Revision
+// closeAcrossNow is closeAcross at the revision a linearizable
+// multi-range read starts from: the reading of a clock round, so at
+// least every revision acknowledged before the read arrived (the
+// ranges' own and any other range's), or rev, a requested revision later
+// still that the cluster may have issued.
+func (n *Node) closeAcrossNow(ctx context.Context, rs []*rangeraft.Replica, rev int64) (int64, error) {
+	t, err := n.store.ClockRound(ctx)
+	if err != nil {
+		return 0, err
 	}
-	return t
+	if rev > t && rev <= n.maxIssuedRevision() {
+		t = rev
+	}
+	return n.closeAcross(ctx, rs, t)
 }
 
 // readAt reads req on the ranges rs, which must still tile [start, end),
@@ -350,16 +359,14 @@ func (n *Node) closeOnLeader(ctx context.Context, r *rangeraft.Replica, t int64)
 	return resp.ReadableRevision, nil
 }
 
-// closeLocal confirms leadership (ReadIndex) and, unless the range is
-// already readable at t, proposes a close at t.
+// closeLocal confirms leadership (ReadIndex) and makes the range readable
+// at t, on the side channel if it can (rangeraft.Replica.CloseAt).
 func closeLocal(ctx context.Context, r *rangeraft.Replica, t int64) (*txnproto.CloseRangeResponse, error) {
 	if err := r.ReadIndex(ctx); err != nil {
 		return nil, err
 	}
-	if r.ReadableRevision() < t {
-		if err := r.Close(ctx, t); err != nil {
-			return nil, err
-		}
+	if err := r.CloseAt(ctx, t); err != nil {
+		return nil, err
 	}
 	return &txnproto.CloseRangeResponse{ReadableRevision: r.ReadableRevision()}, nil
 }
@@ -414,7 +421,7 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 		for _, r := range rs[1:] {
 			t = min(t, r.ReadableRevision())
 		}
-	} else if t, err = s.n.closeAcross(ctx, rs, s.n.clock.Now()); err != nil {
+	} else if t, err = s.n.closeAcrossNow(ctx, rs, 0); err != nil {
 		if errors.Is(err, errStaleRange) {
 			return nil, err
 		}
@@ -424,5 +431,9 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 	for _, r := range rs {
 		compacted = max(compacted, r.Status().CompactRevision)
 	}
-	return s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
+	resp, err := s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
+	if err != nil || placement.TxnSerializable(req) {
+		return resp, err
+	}
+	return resp, s.n.store.WaitClockQuorum(ctx, t)
 }

@@ -42,6 +42,8 @@ type Node struct {
 	ident *txnproto.NodeIdent
 	id    uint64
 	clock *hlc.Clock
+	// clockSettledAt: see rangeraft.StoreConfig.ClockSettledAt.
+	clockSettledAt time.Time
 	// clockCheck is the verdict of the clock monitor (clock.go).
 	clockCheck clockState
 	store      *rangeraft.Store
@@ -106,6 +108,9 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		Resolve:       n.resolvePeer,
 
 		ClosedTimestampInterval: cfg.ClosedTimestampInterval,
+		ReceiveDelay:            cfg.TestingRaftReceiveDelay,
+		ClusterSize:             len(n.ident.InitialMembers),
+		ClockSettledAt:          n.clockSettledAt,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load ranges from %s: %w", cfg.DataDir, err)
@@ -253,6 +258,9 @@ func (n *Node) loadOrBootstrap() error {
 	case err != nil:
 		return fmt.Errorf("data dir %s: %w", n.cfg.DataDir, err)
 	default:
+		// A restart: the clock may not vouch for earlier readings yet
+		// (rangeraft/clockround.go).
+		n.clockSettledAt = time.Now().Add(n.cfg.MaxClockOffset)
 		if ident.Name != n.cfg.Name {
 			return fmt.Errorf("data dir %s belongs to member %q, not --name=%q", n.cfg.DataDir, ident.Name, n.cfg.Name)
 		}

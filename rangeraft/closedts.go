@@ -2,6 +2,7 @@ package rangeraft
 
 import (
 	"cmp"
+	"context"
 	"slices"
 
 	"go.etcd.io/raft/v3"
@@ -291,4 +292,79 @@ func (s *Store) publishClosed() {
 	for n, cts := range out {
 		s.transport.sendClosed(n, cts)
 	}
+}
+
+// closeAtAttempts bounds the side-channel attempts of CloseAt before it
+// closes through the raft log.
+const closeAtAttempts = 4
+
+// CloseAt makes this replica, as leader, readable at target: every write
+// at or below target has applied here and none will apply there again.
+// It closes on the side channel when it can (the conditions of
+// sideCloseLocked), waiting for its own proposals stamped at or below
+// target to apply and running ReadIndex rounds to refresh the clock
+// evidence of its voters; after closeAtAttempts tries it proposes a Close
+// command instead. This node's clock should be at least target (a clock
+// round or Update), or it closes through the log at once. It returns
+// *NotLeaderError on followers.
+func (r *Replica) CloseAt(ctx context.Context, target int64) error {
+	for attempt := 0; ; attempt++ {
+		peerClocks := r.store.live.clocks()
+		now := r.store.cfg.Clock.Now()
+		r.mu.Lock()
+		if r.readableLocked() >= target {
+			r.mu.Unlock()
+			return nil
+		}
+		if err := r.notLeaderLocked(); err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		if attempt == closeAtAttempts || target > now {
+			// Beyond the clock, the side channel cannot reach target.
+			r.mu.Unlock()
+			return r.Close(ctx, target)
+		}
+		moved := false
+		if rev, index, ok := r.sideCloseLocked(now, peerClocks); ok {
+			moved = r.installClosedLocked(rev, index)
+		}
+		done := r.readableLocked() >= target
+		// Not yet: either entries at or below target still have to apply
+		// (earlier terms' entries, or this leader's proposals stamped at
+		// or below it), or the voters' clock evidence is short of it.
+		applying := r.st.applied.Index < r.leaderSince
+		for _, p := range r.inflight {
+			applying = applying || p.ts <= target
+		}
+		applied := r.appliedWaitLocked()
+		r.mu.Unlock()
+		if moved {
+			r.feed.Poke()
+		}
+		switch {
+		case done:
+			return nil
+		case applying:
+			select {
+			case <-applied:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		default:
+			if err := r.ReadIndex(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// ClosedPromise returns what this replica can promise other replicas of
+// its range: the range never applies a write at or below rev, and a
+// replica that has applied through index has applied every write at or
+// below it (the form of a side-channel close).
+func (r *Replica) ClosedPromise() (rev int64, index uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.readableLocked(), r.st.applied.Index
 }

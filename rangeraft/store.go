@@ -52,6 +52,18 @@ type StoreConfig struct {
 	// ClosedTimestampInterval is how often range leaders publish
 	// side-channel closed timestamps (closedts.go); 0 disables them.
 	ClosedTimestampInterval time.Duration
+	// ClusterSize is the number of nodes in the cluster, whose majority
+	// clock rounds wait for (clockround.go); 0 means this node and the
+	// nodes sharing its ranges.
+	ClusterSize int
+	// ClockSettledAt is when a restarted node's clock is past every
+	// reading it may have shown before the restart: its start plus the
+	// maximum clock offset. Zero for a new node.
+	ClockSettledAt time.Time
+	// ReceiveDelay, when set, delays the handling of each raft batch
+	// from a node by what it returns, keeping order (fault injection for
+	// tests; nil in production).
+	ReceiveDelay func(fromNode uint64) time.Duration
 }
 
 // Store holds every replica on one node and drives them from one
@@ -88,6 +100,7 @@ type Store struct {
 	closeRound uint64
 	started    atomic.Bool
 	live       liveness
+	rounds     clockRounds
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
@@ -117,6 +130,9 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	// still apply: seed from the clock.
 	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
 	s.voteEpoch.Store(uint64(time.Now().UnixNano()))
+	// Clock rounds likewise: a peer's echo of an earlier incarnation's
+	// round must not answer a round of this one.
+	s.rounds.issued = uint64(time.Now().UnixNano())
 	s.transport = newTransport(s)
 	start, end := kvstore.RangeDescriptorKeySpan()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -40,6 +41,12 @@ type peer struct {
 	nodeID uint64
 	queue  chan outgoing
 	conn   *grpc.ClientConn
+	// Clock rounds (clockround.go): wantRound is the highest round to ask
+	// the peer about, askQueued whether a batch that will carry it is
+	// queued; echo is the highest round the peer asked this node about.
+	wantRound atomic.Uint64
+	askQueued atomic.Bool
+	echo      atomic.Uint64
 }
 
 // outgoing is what one scheduler pass (or side-channel round) sends a
@@ -134,6 +141,45 @@ func (t *Transport) sendClosed(nodeID uint64, closed []*txnproto.ClosedTimestamp
 	t.enqueue(nodeID, outgoing{closed: closed})
 }
 
+// askClock asks nodeID for its clock in round (clockround.go): the next
+// batch to it carries the question, and one is queued unless a queued
+// batch will already carry it.
+func (t *Transport) askClock(nodeID, round uint64) {
+	p, err := t.peer(nodeID)
+	if err != nil {
+		return
+	}
+	raiseTo(&p.wantRound, round)
+	if p.askQueued.CompareAndSwap(false, true) {
+		t.enqueue(nodeID, outgoing{})
+	}
+}
+
+// answerClock notes that nodeID asked for this node's clock in round and
+// queues a batch, which answers it.
+func (t *Transport) answerClock(nodeID, round uint64) {
+	p, err := t.peer(nodeID)
+	if err != nil {
+		return
+	}
+	if raiseTo(&p.echo, round) {
+		t.enqueue(nodeID, outgoing{})
+	}
+}
+
+// raiseTo raises v to x and reports whether it rose.
+func raiseTo(v *atomic.Uint64, x uint64) bool {
+	for {
+		old := v.Load()
+		if old >= x {
+			return false
+		}
+		if v.CompareAndSwap(old, x) {
+			return true
+		}
+	}
+}
+
 func (t *Transport) enqueue(nodeID uint64, out outgoing) {
 	p, err := t.peer(nodeID)
 	if err != nil {
@@ -196,7 +242,15 @@ func (t *Transport) runPeer(p *peer) {
 			}
 		}
 		// The epoch is read before the clock: a vote raising the epoch
-		// after the read leaves in a batch stamped above this one's.
+		// after the read leaves in a batch stamped above this one's. So
+		// are the clock round fields: the stamp is read after the
+		// question this batch answers arrived, and a round started after
+		// askQueued is cleared finds it clear and queues another batch.
+		p.askQueued.Store(false)
+		round, echo := p.wantRound.Load(), p.echo.Load()
+		if !t.s.clockSettled() {
+			echo = 0 // no answers until the clock can vouch (clockround.go)
+		}
 		epoch := t.s.voteEpoch.Load()
 		batch := &txnproto.RaftMessageBatch{
 			ClusterId:         t.s.cfg.ClusterID,
@@ -209,6 +263,8 @@ func (t *Transport) runPeer(p *peer) {
 			ProducedTimestamp: produced.stamp,
 			ProducedVoteEpoch: produced.epoch,
 			Closed:            closed,
+			ClockRound:        round,
+			ClockEcho:         echo,
 		}
 		if err := stream.Send(batch); err != nil {
 			// Find out why (a rejected cluster ID comes back as the
@@ -280,6 +336,12 @@ func (t *Transport) checkCluster(clusterID, toNode uint64) error {
 
 // RaftBatches implements the RaftTransport service.
 func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer) error {
+	var delayed chan delayedBatch
+	defer func() {
+		if delayed != nil {
+			close(delayed)
+		}
+	}()
 	for {
 		batch, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -292,25 +354,65 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 			return err
 		}
-		t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.WallTimeMs), batch.WallTimeMs > 0,
-			clockEvidence{stamp: batch.Timestamp, epoch: batch.VoteEpoch})
-		if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
-			// The node's clock monitor reports lasting skew (node/clock.go).
-			t.s.log.Debug("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
-		}
-		for _, rm := range batch.Messages {
-			m := &raftpb.Message{}
-			if err := proto.Unmarshal(rm.Message, m); err != nil {
-				t.s.log.Warn("malformed raft message", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
-				continue
+		if d := t.receiveDelay(batch.FromNode); d > 0 {
+			if delayed == nil {
+				delayed = make(chan delayedBatch, peerQueueLen)
+				go t.handleDelayed(delayed)
 			}
-			t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce,
-				clockEvidence{stamp: batch.ProducedTimestamp, epoch: batch.ProducedVoteEpoch})
+			delayed <- delayedBatch{batch: batch, at: time.Now().Add(d)}
+			continue
 		}
-		for _, ct := range batch.Closed {
-			if r := t.s.Replica(ct.RangeId); r != nil {
-				r.InstallClosed(ct.Revision, ct.AppliedIndex)
-			}
+		t.handleBatch(batch)
+	}
+}
+
+// delayedBatch is a batch held back by StoreConfig.ReceiveDelay until at.
+type delayedBatch struct {
+	batch *txnproto.RaftMessageBatch
+	at    time.Time
+}
+
+func (t *Transport) receiveDelay(from uint64) time.Duration {
+	if t.s.cfg.ReceiveDelay == nil {
+		return 0
+	}
+	return t.s.cfg.ReceiveDelay(from)
+}
+
+// handleDelayed handles held-back batches in arrival order, each at its
+// time.
+func (t *Transport) handleDelayed(ch <-chan delayedBatch) {
+	for d := range ch {
+		time.Sleep(time.Until(d.at))
+		t.handleBatch(d.batch)
+	}
+}
+
+// handleBatch folds a peer's batch into this node: its clock readings,
+// its raft messages and its closed timestamps.
+func (t *Transport) handleBatch(batch *txnproto.RaftMessageBatch) {
+	t.s.live.record(batch.FromNode, t.s.cfg.Clock.Offset(batch.WallTimeMs), batch.WallTimeMs > 0,
+		clockEvidence{stamp: batch.Timestamp, epoch: batch.VoteEpoch})
+	if err := t.s.cfg.Clock.Update(batch.Timestamp); err != nil {
+		// The node's clock monitor reports lasting skew (node/clock.go).
+		t.s.log.Debug("clock offset from peer", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
+	}
+	if batch.ClockRound > 0 {
+		t.answerClock(batch.FromNode, batch.ClockRound)
+	}
+	t.s.rounds.observe(batch.FromNode, batch.ClockEcho, batch.Timestamp, t.s.roundNeed())
+	for _, rm := range batch.Messages {
+		m := &raftpb.Message{}
+		if err := proto.Unmarshal(rm.Message, m); err != nil {
+			t.s.log.Warn("malformed raft message", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
+			continue
+		}
+		t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce,
+			clockEvidence{stamp: batch.ProducedTimestamp, epoch: batch.ProducedVoteEpoch})
+	}
+	for _, ct := range batch.Closed {
+		if r := t.s.Replica(ct.RangeId); r != nil {
+			r.InstallClosed(ct.Revision, ct.AppliedIndex)
 		}
 	}
 }

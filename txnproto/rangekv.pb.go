@@ -860,7 +860,14 @@ type RaftMessageBatch struct {
 	ProducedVoteEpoch uint64 `protobuf:"varint,9,opt,name=produced_vote_epoch,json=producedVoteEpoch,proto3" json:"produced_vote_epoch,omitempty"`
 	// closed carries the sender's side-channel closed timestamps for ranges
 	// it leads and the receiver holds replicas of.
-	Closed        []*ClosedTimestamp `protobuf:"bytes,10,rep,name=closed,proto3" json:"closed,omitempty"`
+	Closed []*ClosedTimestamp `protobuf:"bytes,10,rep,name=closed,proto3" json:"closed,omitempty"`
+	// clock_round asks the receiver for its clock: the highest clock round
+	// the sender has started (rangeraft/clockround.go). The receiver
+	// answers with a batch at once, whatever it carries.
+	ClockRound uint64 `protobuf:"varint,11,opt,name=clock_round,json=clockRound,proto3" json:"clock_round,omitempty"`
+	// clock_echo is the highest clock_round received from the receiver:
+	// this batch's timestamp was read after that question arrived.
+	ClockEcho     uint64 `protobuf:"varint,12,opt,name=clock_echo,json=clockEcho,proto3" json:"clock_echo,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -963,6 +970,20 @@ func (x *RaftMessageBatch) GetClosed() []*ClosedTimestamp {
 		return x.Closed
 	}
 	return nil
+}
+
+func (x *RaftMessageBatch) GetClockRound() uint64 {
+	if x != nil {
+		return x.ClockRound
+	}
+	return 0
+}
+
+func (x *RaftMessageBatch) GetClockEcho() uint64 {
+	if x != nil {
+		return x.ClockEcho
+	}
+	return 0
 }
 
 // ClosedTimestamp is a range leader's promise, sent on the side channel:
@@ -2028,7 +2049,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
-	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\x9b\x03\n" +
+	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xdb\x03\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1b\n" +
@@ -2043,7 +2064,11 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x12produced_timestamp\x18\b \x01(\x03R\x11producedTimestamp\x12.\n" +
 	"\x13produced_vote_epoch\x18\t \x01(\x04R\x11producedVoteEpoch\x129\n" +
 	"\x06closed\x18\n" +
-	" \x03(\v2!.rangekv.txnproto.ClosedTimestampR\x06closed\"m\n" +
+	" \x03(\v2!.rangekv.txnproto.ClosedTimestampR\x06closed\x12\x1f\n" +
+	"\vclock_round\x18\v \x01(\x04R\n" +
+	"clockRound\x12\x1d\n" +
+	"\n" +
+	"clock_echo\x18\f \x01(\x04R\tclockEcho\"m\n" +
 	"\x0fClosedTimestamp\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12#\n" +
