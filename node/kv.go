@@ -216,23 +216,18 @@ func installForwardedClose(n *Node, rangeID uint64, md metadata.MD) {
 // still, which must be one the cluster may have issued), so the read's
 // header revision is at least every such revision.
 func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64) error {
-	type round struct {
-		ts  int64
-		err error
+	if err := r.CheckLeader(); err != nil {
+		return err // no round for a follower, which forwards
 	}
-	roundc := make(chan round, 1)
-	go func() {
-		ts, err := n.store.ClockRound(ctx)
-		roundc <- round{ts, err}
-	}()
+	round := n.store.StartClockRound()
 	if err := r.ReadIndex(ctx); err != nil {
+		round.Cancel()
 		return err
 	}
-	res := <-roundc
-	if res.err != nil {
-		return res.err
+	target, err := round.Wait(ctx)
+	if err != nil {
+		return err
 	}
-	target := res.ts
 	if rev > target {
 		if rev > r.ReadableRevision() && rev > n.maxIssuedRevision() {
 			return rpctypes.ErrGRPCFutureRev
@@ -341,6 +336,11 @@ func (s *kvServer) checkSize(m proto.Message) error {
 // (docs/revisions.md, "Real-time order across ranges").
 func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
 	r.RecordRequest(key)
+	// Propose checks leadership again: whatever it proposes was stamped
+	// after the round.
+	if err := r.CheckLeader(); err != nil {
+		return rangeraft.ApplyResult{}, err
+	}
 	if _, err := s.n.store.ClockRound(ctx); err != nil {
 		return rangeraft.ApplyResult{}, err
 	}

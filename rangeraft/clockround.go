@@ -139,19 +139,24 @@ func (s *Store) clockSettled() bool {
 // a one-node cluster it returns the clock's current reading. It fails
 // only when ctx ends first (no majority reachable).
 func (s *Store) ClockRound(ctx context.Context) (int64, error) {
+	return s.StartClockRound().Wait(ctx)
+}
+
+// PendingClockRound is a clock round started by StartClockRound.
+type PendingClockRound struct {
+	s *Store
+	w *roundWaiter // nil without peers
+}
+
+// StartClockRound starts a clock round and returns without waiting, so
+// that the caller can wait for something else meanwhile (a linearizable
+// read's ReadIndex).
+func (s *Store) StartClockRound() PendingClockRound {
 	s.mu.RLock()
 	peers := s.peers
 	s.mu.RUnlock()
 	if len(peers) == 0 {
-		// One node: its clock, once it can vouch for it.
-		if !s.clockSettled() {
-			select {
-			case <-time.After(time.Until(s.cfg.ClockSettledAt)):
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
-		}
-		return s.cfg.Clock.Now(), nil
+		return PendingClockRound{s: s}
 	}
 	w := &roundWaiter{ch: make(chan int64, 1)}
 	c := &s.rounds
@@ -163,18 +168,47 @@ func (s *Store) ClockRound(ctx context.Context) (int64, error) {
 	for _, node := range peers {
 		s.transport.askClock(node, w.round)
 	}
-	select {
-	case top := <-w.ch:
-		return top, nil
-	case <-ctx.Done():
-		c.mu.Lock()
-		for i, x := range c.waiters {
-			if x == w {
-				c.waiters = append(c.waiters[:i], c.waiters[i+1:]...)
-				break
+	return PendingClockRound{s: s, w: w}
+}
+
+// Cancel abandons the round.
+func (p PendingClockRound) Cancel() {
+	if p.w != nil {
+		p.s.rounds.drop(p.w)
+	}
+}
+
+// drop removes a waiter that gave up.
+func (c *clockRounds) drop(w *roundWaiter) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, x := range c.waiters {
+		if x == w {
+			c.waiters = append(c.waiters[:i], c.waiters[i+1:]...)
+			return
+		}
+	}
+}
+
+// Wait waits for the round: see ClockRound.
+func (p PendingClockRound) Wait(ctx context.Context) (int64, error) {
+	s := p.s
+	if p.w == nil {
+		// One node: its clock, once it can vouch for it.
+		if !s.clockSettled() {
+			select {
+			case <-time.After(time.Until(s.cfg.ClockSettledAt)):
+			case <-ctx.Done():
+				return 0, ctx.Err()
 			}
 		}
-		c.mu.Unlock()
+		return s.cfg.Clock.Now(), nil
+	}
+	select {
+	case top := <-p.w.ch:
+		return top, nil
+	case <-ctx.Done():
+		s.rounds.drop(p.w)
 		return 0, ctx.Err()
 	}
 }

@@ -235,6 +235,14 @@ func (r *Replica) notLeaderLocked() error {
 	return &NotLeaderError{RangeID: r.RangeID, LeaderNode: r.nodeOfReplicaLocked(r.raw.BasicStatus().Lead)}
 }
 
+// CheckLeader returns *NotLeaderError unless this replica leads its
+// range now (it may stop leading at any time after).
+func (r *Replica) CheckLeader() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.notLeaderLocked()
+}
+
 // Propose replicates cmd through the range's raft log and waits until it
 // has applied on this replica. It returns *NotLeaderError without
 // proposing when this replica does not lead. A context error after the
