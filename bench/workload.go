@@ -436,7 +436,52 @@ func SplitForRanges(ctx context.Context, c Config, n int) error {
 			return fmt.Errorf("bench: splitting at %q (is this rangekv?): %w", key, err)
 		}
 	}
-	return nil
+	return spreadLeaders(ctx, c, rc)
+}
+
+// spreadLeaders hands the ranges' leaderships round-robin to the
+// cluster's nodes and waits until each range is led where it was sent (or
+// settleTimeout passes), so that a run starts in the steady state a
+// balanced cluster reaches, not in the elections that follow a burst of
+// splits and the leader balancer's moves.
+func spreadLeaders(ctx context.Context, c Config, rc txnproto.RangesClient) error {
+	const settleTimeout = 15 * time.Second
+	nodes, err := rc.ListNodes(ctx, &txnproto.ListNodesRequest{})
+	if err != nil {
+		return fmt.Errorf("bench: listing nodes: %w", err)
+	}
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		list, err := rc.ListRanges(ctx, &txnproto.ListRangesRequest{})
+		if err != nil {
+			return fmt.Errorf("bench: listing ranges: %w", err)
+		}
+		settled := true
+		for i, r := range list.Ranges {
+			want := nodes.Nodes[i%len(nodes.Nodes)].GetMember().GetId()
+			if r.LeaderNodeId == want {
+				continue
+			}
+			settled = false
+			if r.LeaderNodeId != 0 {
+				mctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+				key := r.StartKey
+				if len(key) == 0 {
+					key = []byte{0} // the first range's first key
+				}
+				_, _ = rc.MoveLeader(mctx, &txnproto.MoveLeaderRequest{Key: key, TargetNode: want})
+				cancel()
+			}
+		}
+		if settled || time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // MemoryReport is what a set of idle watchers costs the server process

@@ -202,6 +202,9 @@ func installForwardedClose(n *Node, rangeID uint64, md metadata.MD) {
 	if !ok || err1 != nil || err2 != nil {
 		return
 	}
+	// The clock first: a node's readable revisions never pass its clock
+	// (rangeraft.Store.WaitClockQuorum counts this node at its clock).
+	_ = n.clock.Update(rev)
 	if r := n.store.Replica(rangeID); r != nil {
 		r.InstallClosed(rev, index)
 	}
@@ -212,9 +215,9 @@ func installForwardedClose(n *Node, rangeID uint64, md metadata.MD) {
 // ReadIndex confirms leadership and waits for the commit index to apply
 // (raft thesis §6.4), while a clock round brings this node's clock past
 // every revision acknowledged before the read arrived; the range is then
-// closed at the round's reading (or at rev, a requested revision later
-// still, which must be one the cluster may have issued), so the read's
-// header revision is at least every such revision.
+// closed at the round's reading, so the read's header revision is at
+// least every such revision. A requested revision rev above the reading
+// is etcd's future revision unless the range is readable there.
 func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64) error {
 	if err := r.CheckLeader(); err != nil {
 		return err // no round for a follower, which forwards
@@ -229,10 +232,13 @@ func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64)
 		return err
 	}
 	if rev > target {
-		if rev > r.ReadableRevision() && rev > n.maxIssuedRevision() {
+		// Every revision acknowledged before the read arrived is at or
+		// below target; a later one is a future revision, as in etcd,
+		// unless the range is readable there already.
+		if rev > r.ReadableRevision() {
 			return rpctypes.ErrGRPCFutureRev
 		}
-		target = rev
+		return nil
 	}
 	return r.CloseAt(ctx, target)
 }

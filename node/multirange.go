@@ -200,7 +200,7 @@ func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, sta
 		for _, r := range rs[1:] {
 			t = min(t, r.ReadableRevision())
 		}
-	} else if t, err = s.n.closeAcrossNow(ctx, rs, req.Revision); err != nil {
+	} else if t, err = s.n.closeAcrossNow(ctx, rs); err != nil {
 		if errors.Is(err, errStaleRange) {
 			return nil, err
 		}
@@ -216,15 +216,12 @@ func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, sta
 // closeAcrossNow is closeAcross at the revision a linearizable
 // multi-range read starts from: the reading of a clock round, so at
 // least every revision acknowledged before the read arrived (the
-// ranges' own and any other range's), or rev, a requested revision later
-// still that the cluster may have issued.
-func (n *Node) closeAcrossNow(ctx context.Context, rs []*rangeraft.Replica, rev int64) (int64, error) {
+// ranges' own and any other range's). A requested revision above the
+// result is a future revision (readAt).
+func (n *Node) closeAcrossNow(ctx context.Context, rs []*rangeraft.Replica) (int64, error) {
 	t, err := n.store.ClockRound(ctx)
 	if err != nil {
 		return 0, err
-	}
-	if rev > t && rev <= n.maxIssuedRevision() {
-		t = rev
 	}
 	return n.closeAcross(ctx, rs, t)
 }
@@ -421,7 +418,7 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 		for _, r := range rs[1:] {
 			t = min(t, r.ReadableRevision())
 		}
-	} else if t, err = s.n.closeAcrossNow(ctx, rs, 0); err != nil {
+	} else if t, err = s.n.closeAcrossNow(ctx, rs); err != nil {
 		if errors.Is(err, errStaleRange) {
 			return nil, err
 		}

@@ -87,6 +87,15 @@ type watcher struct {
 	// them by then (runMulti). Only the running goroutine touches them.
 	behindSince time.Time
 	fallback    *time.Timer
+	// spanCache holds the ranges a multi-range watcher's keys lay in,
+	// with their marks, as of the store's span version (SpanVersion):
+	// unchanged while no range splits. Only the running goroutine
+	// touches it.
+	spanCache struct {
+		version uint64
+		rs      []*rangeraft.Replica
+		marks   []rangeMark
+	}
 	// sendMu orders the watcher's responses with its cancel response.
 	sendMu sync.Mutex
 }

@@ -51,17 +51,23 @@ type rangeMark struct {
 func (w *watcher) runMulti() {
 	for {
 		seen := w.wakes.Load()
-		rs, err := w.ws.n.spanRanges(w.span.Start, w.span.End)
-		if err != nil {
-			w.cancelWith(err.Error())
-			return
-		}
-		marks := markRanges(rs)
-		if !tiles(marks, w.span) {
-			// A split landed between listing the ranges and reading their
-			// descriptors: the list misses the new range. List again.
-			runtime.Gosched()
-			continue
+		version := w.ws.n.store.SpanVersion()
+		rs, marks := w.spanCache.rs, w.spanCache.marks
+		if w.spanCache.version != version || rs == nil {
+			var err error
+			if rs, err = w.ws.n.spanRanges(w.span.Start, w.span.End); err != nil {
+				w.cancelWith(err.Error())
+				return
+			}
+			marks = markRanges(rs)
+			if !tiles(marks, w.span) {
+				// A split landed between listing the ranges and reading
+				// their descriptors: the list misses the new range. List
+				// again.
+				runtime.Gosched()
+				continue
+			}
+			w.spanCache.rs, w.spanCache.marks, w.spanCache.version = rs, marks, version
 		}
 		w.mu.Lock()
 		w.rs, w.r = rs, rs[0]
@@ -117,7 +123,7 @@ func (w *watcher) runMulti() {
 		if !ok {
 			return
 		}
-		if !slices.Equal(marks, markRanges(rs)) {
+		if w.ws.n.store.SpanVersion() != version && !slices.Equal(marks, markRanges(rs)) {
 			continue // a range split under the pull: take it again
 		}
 		w.behindSince = time.Time{}

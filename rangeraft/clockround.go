@@ -65,11 +65,14 @@ func (c *clockRounds) observe(node, echo uint64, stamp int64, need int) {
 	if stamp > c.stamp[node] {
 		c.stamp[node] = stamp
 	}
-	if echo <= c.echoed[node] {
-		return
+	if echo > c.echoed[node] {
+		c.echoed[node] = echo
 	}
-	c.echoed[node] = echo
-	c.releaseLocked(need)
+	// Also when the echo did not move: need may have fallen since (the
+	// node's clock settled after a restart).
+	if len(c.waiters) > 0 {
+		c.releaseLocked(need)
+	}
 }
 
 // releaseLocked completes every waiter whose round at least need peers
@@ -218,11 +221,18 @@ func (p PendingClockRound) Wait(ctx context.Context) (int64, error) {
 // round when the readings at hand do not show it. rev must be at or
 // below this node's clock (a revision it applied or serves).
 func (s *Store) WaitClockQuorum(ctx context.Context, rev int64) error {
-	if s.rounds.quorumAt(rev, s.roundNeed()) {
-		return nil
+	// rev is at or below this node's clock already, except for a
+	// revision it learnt without its clock (a closed timestamp a leader
+	// sent along with a forwarded read): take it.
+	_ = s.cfg.Clock.Update(rev)
+	for !s.rounds.quorumAt(rev, s.roundNeed()) {
+		// The round's questions carry this node's clock, at least rev,
+		// so the answers normally come from clocks at least rev; a peer
+		// that refused the stamp as too far ahead does not count, and
+		// the next round asks again.
+		if _, err := s.ClockRound(ctx); err != nil {
+			return err
+		}
 	}
-	// The round's questions carry this node's clock, at least rev, so
-	// every answer comes from a clock at least rev.
-	_, err := s.ClockRound(ctx)
-	return err
+	return nil
 }

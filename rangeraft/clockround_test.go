@@ -58,3 +58,22 @@ func TestClockRoundsRelease(t *testing.T) {
 	c.observe(1, 0, 40, need) // an older reading never lowers one
 	require.True(t, c.quorumAt(70, need))
 }
+
+// TestClockRoundsReleaseWhenNeedFalls: a round one answer short is
+// released by the next batch once fewer answers are needed (the node's own
+// clock settled after a restart), though that batch echoes nothing new.
+func TestClockRoundsReleaseWhenNeedFalls(t *testing.T) {
+	var c clockRounds
+	c.issued = 7
+	w := &roundWaiter{round: 8, ch: make(chan int64, 1)}
+	c.waiters = append(c.waiters, w)
+	c.observe(1, 8, 50, 2)
+	require.Len(t, c.waiters, 1, "one answer of two")
+	c.observe(1, 8, 55, 1) // a ping, same echo; this node now counts
+	select {
+	case ts := <-w.ch:
+		require.Equal(t, int64(55), ts)
+	default:
+		t.Fatal("the waiter was not released when fewer answers were needed")
+	}
+}

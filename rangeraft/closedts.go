@@ -3,6 +3,7 @@ package rangeraft
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"slices"
 
 	"go.etcd.io/raft/v3"
@@ -129,6 +130,19 @@ func (r *Replica) sideCloseLocked(now int64, peerClocks map[uint64]clockEvidence
 		}
 	}
 	q, stale := quorumClock(r.desc.Replicas, r.replicaID, now, r.evidence, peerClocks)
+	if lag := r.store.renewLag(); lag > 0 && stale && !r.quiesced && q < t-lag && now-r.evidenceWake > lag/2 {
+		// An awake range whose voters voted since their last responses
+		// (a leader moved somewhere on their nodes) closes only as far
+		// as those responses, which come with its next write or
+		// heartbeat. Ask for them now (a heartbeat round through
+		// ReadIndex, whose answer nobody awaits), so that an election
+		// elsewhere delays this range's closes by one round trip rather
+		// than up to a heartbeat interval. At most twice per lag.
+		r.evidenceWake = now
+		r.readSeq++
+		r.raw.ReadIndex(binary.BigEndian.AppendUint64([]byte("renew"), r.readSeq))
+		r.store.enqueue(r.RangeID)
+	}
 	t = min(t, q)
 	if t <= r.readableLocked() {
 		if stale && r.quiesced && now-r.evidenceWake > evidenceWakeEvery {
@@ -146,6 +160,13 @@ func (r *Replica) sideCloseLocked(now int64, peerClocks map[uint64]clockEvidence
 		return 0, 0, false
 	}
 	return t, r.st.applied.Index, true
+}
+
+// renewLag is how far, as an HLC difference, an awake range's clock
+// evidence may trail the other bounds on its close before the leader asks
+// its voters for fresh responses: two side-channel intervals.
+func (s *Store) renewLag() int64 {
+	return 2 * s.cfg.ClosedTimestampInterval.Milliseconds() << hlc.LogicalBits
 }
 
 // quorumClock returns the highest timestamp that a majority of the
@@ -193,13 +214,26 @@ func (r *Replica) readableLocked() int64 {
 // has applied through index it has applied every write at or below rev.
 // It reports whether the replica's readable revision moved.
 func (r *Replica) InstallClosed(rev int64, index uint64) bool {
-	r.mu.Lock()
-	moved := r.installClosedLocked(rev, index)
-	r.mu.Unlock()
+	moved := r.installClosed(rev, index)
 	if moved {
 		r.feed.Poke()
 	}
 	return moved
+}
+
+// installClosed is InstallClosed except that the caller pokes the feed
+// when it reports true.
+func (r *Replica) installClosed(rev int64, index uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.installClosedLocked(rev, index)
+}
+
+// pokeAll pokes the feeds of rs.
+func pokeAll(rs []*Replica) {
+	for _, r := range rs {
+		r.feed.Poke()
+	}
 }
 
 // installClosedLocked is InstallClosed with mu held, except that the
@@ -275,9 +309,14 @@ func (s *Store) publishClosed() {
 		}
 		r.mu.Unlock()
 		if moved {
-			r.feed.Poke()
+			s.poked = append(s.poked, r)
 		}
 	}
+	// Watchers wake once every range of the round has moved, not at the
+	// first: a watch over many ranges then pulls once per round.
+	pokeAll(s.poked)
+	clear(s.poked)
+	s.poked = s.poked[:0]
 	s.mu.RLock()
 	peers := s.peers
 	s.mu.RUnlock()
@@ -309,6 +348,9 @@ const closeAtAttempts = 4
 // *NotLeaderError on followers.
 func (r *Replica) CloseAt(ctx context.Context, target int64) error {
 	for attempt := 0; ; attempt++ {
+		if r.ReadableRevision() >= target {
+			return nil
+		}
 		peerClocks := r.store.live.clocks()
 		now := r.store.cfg.Clock.Now()
 		r.mu.Lock()

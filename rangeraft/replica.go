@@ -160,6 +160,12 @@ func (r *Replica) SpanGeneration() (start, end []byte, generation uint64) {
 	return r.desc.StartKey, r.desc.EndKey, r.desc.Generation
 }
 
+// SpanVersion returns a number that changes after any replica of the store
+// changes its span or generation, or a replica is added or removed: a
+// reader that saw the same version before and after reading replicas'
+// spans read a consistent set.
+func (s *Store) SpanVersion() uint64 { return s.spanVersion.Load() }
+
 // Feed returns the range's applied-event feed.
 func (r *Replica) Feed() *Feed { return r.feed }
 
@@ -600,10 +606,15 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			}
 		}
 		r.mu.Lock()
+		readableBefore := r.readableLocked()
 		r.stats.Add(delta)
 		r.st.applied = applied
 		r.st.cacheTrim(applied.Index)
+		descChanged := desc.Generation != r.desc.Generation
 		r.desc = desc
+		if descChanged {
+			r.store.spanVersion.Add(1)
+		}
 		for _, id := range appliedIDs {
 			delete(r.inflight, id)
 		}
@@ -619,8 +630,13 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			}
 		}
 		r.releaseReadersLocked()
+		readableMoved := r.readableLocked() > readableBefore
 		r.mu.Unlock()
-		if len(splits) > 0 {
+		// The events were published before the readable revision moved
+		// (a watcher must never find a revision readable whose events are
+		// not in the feed yet), so a watcher woken by them may have
+		// looked too early: wake it again now.
+		if len(splits) > 0 || readableMoved {
 			r.feed.Poke()
 		}
 		if compactTo > 0 {

@@ -97,9 +97,12 @@ type Store struct {
 	// closing is publishClosed's replica list, reused every round, and
 	// closeRound counts the rounds.
 	closing    []*Replica
+	poked      []*Replica
 	closeRound uint64
 	started    atomic.Bool
 	live       liveness
+	// spanVersion: see SpanVersion.
+	spanVersion atomic.Uint64
 	rounds     clockRounds
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
@@ -397,6 +400,7 @@ func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
 }
 
 func (s *Store) rebuildIndexLocked() {
+	defer s.spanVersion.Add(1)
 	s.byStart = s.byStart[:0]
 	peers := map[uint64]bool{}
 	for _, r := range s.replicas {
@@ -592,6 +596,7 @@ func (s *Store) processReady() error {
 			r.st.applied = it.snap.applied
 			r.st.confState = proto.Clone(it.rd.Snapshot.GetMetadata().GetConfState()).(*raftpb.ConfState)
 			r.desc = it.snap.desc
+			s.spanVersion.Add(1)
 			if len(r.startKey) == 0 {
 				// An uninitialized replica becomes a routable one (its start
 				// key is set under the store lock below).

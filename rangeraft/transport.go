@@ -32,7 +32,7 @@ type Transport struct {
 	txnproto.UnimplementedRaftTransportServer
 	s *Store
 
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	peers map[uint64]*peer
 	stopc chan struct{}
 }
@@ -96,6 +96,12 @@ func (t *Transport) stop() {
 }
 
 func (t *Transport) peer(nodeID uint64) (*peer, error) {
+	t.mu.RLock()
+	p, ok := t.peers[nodeID]
+	t.mu.RUnlock()
+	if ok {
+		return p, nil
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.peers[nodeID]; ok {
@@ -112,7 +118,7 @@ func (t *Transport) peer(nodeID uint64) (*peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &peer{nodeID: nodeID, queue: make(chan outgoing, peerQueueLen), conn: conn}
+	p = &peer{nodeID: nodeID, queue: make(chan outgoing, peerQueueLen), conn: conn}
 	t.peers[nodeID] = p
 	go t.runPeer(p)
 	return p, nil
@@ -235,6 +241,9 @@ func (t *Transport) runPeer(p *peer) {
 			stream, err = client.RaftBatches(ctx)
 			if err != nil {
 				stream = nil
+				// The batch is dropped: a clock question it was to
+				// carry must queue another.
+				p.askQueued.Store(false)
 				t.unreachable(p.nodeID, msgs)
 				t.sleep(backoff)
 				backoff = min(backoff*2, time.Second)
@@ -410,11 +419,14 @@ func (t *Transport) handleBatch(batch *txnproto.RaftMessageBatch) {
 		t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce,
 			clockEvidence{stamp: batch.ProducedTimestamp, epoch: batch.ProducedVoteEpoch})
 	}
+	// Every close first, then the pokes (see publishClosed).
+	var moved []*Replica
 	for _, ct := range batch.Closed {
-		if r := t.s.Replica(ct.RangeId); r != nil {
-			r.InstallClosed(ct.Revision, ct.AppliedIndex)
+		if r := t.s.Replica(ct.RangeId); r != nil && r.installClosed(ct.Revision, ct.AppliedIndex) {
+			moved = append(moved, r)
 		}
 	}
+	pokeAll(moved)
 }
 
 // sendSnapshot streams the range's current state to the recipient of m (a

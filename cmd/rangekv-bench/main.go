@@ -64,7 +64,7 @@ error grouped by message.`,
 	pf.DurationVar(&o.cfg.DialTimeout, "dial-timeout", 5*time.Second, "dial timeout")
 	pf.DurationVar(&o.cfg.RequestTimeout, "request-timeout", 5*time.Second, "timeout of each request")
 	pf.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
-	pf.IntVar(&o.ranges, "ranges", 0, "rangekv only: first split the key space into this many ranges")
+	pf.IntVar(&o.ranges, "ranges", 0, "rangekv only: first split the key space into this many ranges, and spread their leaderships over the nodes")
 	pf.BoolVar(&o.cfg.RangeAware, "range-aware", false, "rangekv only: send KV requests through the range-aware client (straight to each range's leader)")
 	pf.BoolVar(&o.noTTY, "no-progress", false, "do not print progress, even on a terminal")
 
