@@ -103,7 +103,7 @@ type Store struct {
 	live       liveness
 	// spanVersion: see SpanVersion.
 	spanVersion atomic.Uint64
-	rounds     clockRounds
+	rounds      clockRounds
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
