@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -215,4 +216,62 @@ func TestSideClosedTimestampsUnderChurn(t *testing.T) {
 // and leaders stay where the test puts them.
 func manualPlacement(cfg *Config) {
 	cfg.RangeMaxBytes, cfg.RangeSplitQPS, cfg.LeaderBalance = 0, 0, false
+}
+
+// TestIdleGroupsUnderChurn checks idle groups (rangeraft/idlegroups.go):
+// quiesced ranges are closed as groups on every node, and ranges that
+// quiesce, join a group and are written to at once (before or after the
+// join reached the followers) never see a write at or below a closed
+// timestamp. Writers sleep random times around the quiescing delay, so
+// ranges keep going in and out of their groups.
+func TestIdleGroupsUnderChurn(t *testing.T) {
+	c := newTestCluster(t, 3, manualPlacement)
+	lead := c.waitLeader()
+	keys := []string{"a", "c", "e", "g", "i", "k"}
+	for _, k := range []string{"b", "d", "f", "h", "j"} {
+		_, _, err := lead.node().splitAt(ctxT(t, testWait), []byte(k))
+		require.NoError(t, err)
+	}
+	cli, err := newTestClient(lead.clientURL())
+	require.NoError(t, err)
+	defer cli.Close()
+	for _, k := range keys {
+		_, err := cli.Put(ctxT(t, testWait), k, "v")
+		require.NoError(t, err)
+	}
+	// Every replica of every range ends up in a group once quiesced.
+	require.Eventually(t, func() bool {
+		for _, m := range c.running() {
+			for _, r := range userReplicas(m) {
+				if st := r.Status(); !st.Quiesced || !st.IdleGrouped {
+					return false
+				}
+			}
+		}
+		return true
+	}, testWait, 20*time.Millisecond, "ranges did not quiesce into idle groups")
+	rev := lead.node().clock.Now()
+	waitAllReadable(t, c, rev, time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, m := range c.members {
+		wg.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(i), 7))
+			for j := 0; ctx.Err() == nil; j++ {
+				k := keys[rnd.IntN(len(keys))]
+				if _, err := m.client.Put(ctx, fmt.Sprintf("%s-%d-%d", k, i, j), "v"); err != nil && ctx.Err() == nil {
+					t.Errorf("put: %v", err)
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(250+rnd.IntN(200)) * time.Millisecond):
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitAllReadable(t, c, lead.node().clock.Now(), 2*time.Second)
+	requireClosedTimestampsKept(t, c)
 }

@@ -71,6 +71,7 @@ type inflightProposal struct {
 // on are its own.
 func (r *Replica) resetLeadershipLocked(bs raft.BasicStatus, lastIndex uint64) {
 	if bs.RaftState != raft.StateLeader {
+		r.leaveIdleGroupLocked()
 		if r.leaderTerm != 0 {
 			r.leaderTerm, r.leaderSince = 0, 0
 			r.leading.Store(false)
@@ -82,6 +83,7 @@ func (r *Replica) resetLeadershipLocked(bs raft.BasicStatus, lastIndex uint64) {
 	if bs.GetTerm() == r.leaderTerm {
 		return
 	}
+	r.leaveIdleGroupLocked()
 	r.leaderTerm, r.leaderSince = bs.GetTerm(), lastIndex
 	r.leading.Store(true)
 	for id, p := range r.inflight {
@@ -206,7 +208,7 @@ func quorumClock(replicas []*txnproto.ReplicaDescriptor, self uint64, now int64,
 
 // readableLocked is ReadableRevision with mu held.
 func (r *Replica) readableLocked() int64 {
-	return max(r.st.applied.Revision, r.st.applied.ClosedRevision, r.sideClosed)
+	return max(r.st.applied.Revision, r.st.applied.ClosedRevision, r.sideClosed, r.groupClosedLocked())
 }
 
 // InstallClosed records a side-channel close from the range's leader:
@@ -291,9 +293,25 @@ func (s *Store) publishClosed() {
 	s.closeRound++
 	quiescedToo := s.closeRound%quiescedCloseEvery == 0
 	now := s.cfg.Clock.Now()
+	// The idle groups first: now was read before they take their leaves.
+	groupUpdates, dropped := s.idle.round(now, peerClocks)
+	dropLeaderships(dropped)
+	for gc, t := range s.idle.ownClocks() {
+		gc.advance(t)
+	}
 	for _, r := range s.closing {
-		if !r.leading.Load() || !quiescedToo && r.idle.Load() {
+		if !r.leading.Load() || r.grouped.Load() {
 			continue
+		}
+		if r.idle.Load() {
+			// A quiesced range out of the groups joins one, or is
+			// closed alone every quiescedCloseEvery rounds.
+			r.mu.Lock()
+			joined := r.joinIdleGroupLocked(peerClocks)
+			r.mu.Unlock()
+			if joined || !quiescedToo {
+				continue
+			}
 		}
 		r.mu.Lock()
 		rev, index, ok := r.sideCloseLocked(now, peerClocks)
@@ -323,13 +341,18 @@ func (s *Store) publishClosed() {
 	for _, n := range peers {
 		// Rounds that close quiesced ranges ping every peer, entries or
 		// not: the clock evidence those ranges close on.
-		if quiescedToo || len(out[n]) > 0 {
-			s.transport.sendClosed(n, out[n])
+		if quiescedToo || len(out[n]) > 0 || len(groupUpdates[n]) > 0 {
+			s.transport.enqueue(n, outgoing{closed: out[n], idle: groupUpdates[n]})
 		}
 		delete(out, n)
+		delete(groupUpdates, n)
 	}
 	for n, cts := range out {
-		s.transport.sendClosed(n, cts)
+		s.transport.enqueue(n, outgoing{closed: cts, idle: groupUpdates[n]})
+		delete(groupUpdates, n)
+	}
+	for n, us := range groupUpdates {
+		s.transport.enqueue(n, outgoing{idle: us})
 	}
 }
 

@@ -2,6 +2,7 @@ package rangeraft
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
@@ -32,6 +33,9 @@ type Feed struct {
 	notify chan struct{}
 	// parked readers to call back on the next change (Park).
 	parked map[any]func()
+	// waited is set while a wait channel or a parked reader exists, so
+	// that PokeIfWaited costs an atomic load when nobody waits.
+	waited atomic.Bool
 }
 
 // NewFeed returns a feed whose window starts after rev and holds at most
@@ -81,6 +85,7 @@ func (f *Feed) Since(after int64, maxEntries int) (entries []FeedEntry, inWindow
 	defer f.mu.Unlock()
 	if f.notify == nil {
 		f.notify = make(chan struct{})
+		f.waited.Store(true)
 	}
 	if after < f.floor {
 		return nil, false, f.last, f.notify
@@ -124,6 +129,15 @@ func (f *Feed) Poke() {
 	callAll(wake)
 }
 
+// PokeIfWaited is Poke when a reader waits on the feed, and nothing
+// otherwise: for changes that only readers waiting now can care about
+// (an idle group's closed timestamp moved).
+func (f *Feed) PokeIfWaited() {
+	if f.waited.Load() {
+		f.Poke()
+	}
+}
+
 // Park registers wake, under key, to be called once on the feed's next
 // change (Publish, Reset or Poke), so that an idle reader needs no
 // goroutine blocked on the wait channel. wait is the channel Since
@@ -141,6 +155,7 @@ func (f *Feed) Park(key any, wait <-chan struct{}, wake func()) bool {
 		f.parked = map[any]func(){}
 	}
 	f.parked[key] = wake
+	f.waited.Store(true)
 	return true
 }
 
@@ -158,6 +173,7 @@ func (f *Feed) changedLocked() []func() {
 		close(f.notify)
 		f.notify = nil
 	}
+	f.waited.Store(false)
 	return f.takeParkedLocked()
 }
 

@@ -111,6 +111,7 @@ func wakesQuiesced(m *raftpb.Message, quiesce bool) bool {
 
 // unquiesceLocked wakes the replica.
 func (r *Replica) unquiesceLocked() {
+	r.leaveIdleGroupLocked()
 	r.quiesced = false
 	r.idle.Store(false)
 	r.idleTicks = 0
@@ -209,6 +210,9 @@ func (r *Replica) maybeQuiesceLocked() {
 	}
 	r.quiesced = true
 	r.idle.Store(r.leaderTerm != 0)
+	// Closed from now on with its group, if its evidence allows; else
+	// alone, every quiescedCloseEvery rounds.
+	r.joinIdleGroupLocked(r.store.live.clocks())
 	match := map[uint64]uint64{}
 	r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) { match[id] = pr.Match })
 	for _, rd := range r.desc.Replicas {

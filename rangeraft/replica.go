@@ -134,6 +134,17 @@ type Replica struct {
 	leading atomic.Bool
 	idle    atomic.Bool
 
+	// Idle groups (idlegroups.go). idleGroup is the group of this node
+	// the range belongs to as a quiesced range it leads (grouped mirrors
+	// it without mu); grp is the group clock the replica reads, from its
+	// own node's group or its leader's, once it has applied through
+	// grpIndex. readersWaiting mirrors appliedc != nil.
+	idleGroup      *idleGroup
+	grouped        atomic.Bool
+	grp            *groupClock
+	grpIndex       uint64
+	readersWaiting atomic.Bool
+
 	// requests counts requests served by this replica; qps is their rate
 	// over the last qpsWindow, refreshed by the store (float64 bits).
 	requests atomic.Int64
@@ -188,7 +199,10 @@ type Status struct {
 	// to write at or below, through its log or the side channel.
 	ClosedRevision int64
 	Quiesced       bool
-	Stats          kvstore.Stats
+	// IdleGrouped: the replica reads an idle group's closed timestamp
+	// (idlegroups.go).
+	IdleGrouped bool
+	Stats       kvstore.Stats
 }
 
 // Status returns the replica's current status.
@@ -206,8 +220,9 @@ func (r *Replica) Status() Status {
 		AppliedIndex:    r.st.applied.Index,
 		Revision:        r.st.applied.Revision,
 		CompactRevision: r.st.applied.CompactRevision,
-		ClosedRevision:  max(r.st.applied.ClosedRevision, r.sideClosed),
+		ClosedRevision:  max(r.st.applied.ClosedRevision, r.sideClosed, r.groupClosedLocked()),
 		Quiesced:        r.quiesced,
+		IdleGrouped:     r.grp != nil && r.st.applied.Index >= r.grpIndex,
 		Stats:           r.stats,
 	}
 }
@@ -262,6 +277,8 @@ func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResu
 		r.mu.Unlock()
 		return ApplyResult{}, err
 	}
+	// Out of its idle group before it is stamped (idlegroups.go).
+	r.unquiesceLocked()
 	// Stamped under mu, so that a side-channel close (which also holds mu)
 	// either sees the proposal in inflight or closes below its timestamp.
 	cmd.Timestamp = r.store.cfg.Clock.Now()
@@ -458,7 +475,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 	applied := proto.Clone(r.st.applied).(*txnproto.AppliedState)
 	desc := proto.Clone(r.desc).(*txnproto.RangeDescriptor)
 	span := kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey}
-	closedFloor := r.sideClosed
+	closedFloor := max(r.sideClosed, r.groupClosedLocked())
 	r.mu.Unlock()
 	var appliedIDs []uint64
 	var splits []*txnproto.RangeDescriptor
@@ -870,6 +887,7 @@ func (r *Replica) signalAppliedLocked() {
 	if r.appliedc != nil {
 		close(r.appliedc)
 		r.appliedc = nil
+		r.readersWaiting.Store(false)
 	}
 }
 
@@ -878,6 +896,7 @@ func (r *Replica) signalAppliedLocked() {
 func (r *Replica) appliedWaitLocked() <-chan struct{} {
 	if r.appliedc == nil {
 		r.appliedc = make(chan struct{})
+		r.readersWaiting.Store(true)
 	}
 	return r.appliedc
 }
@@ -886,8 +905,10 @@ func (r *Replica) appliedWaitLocked() <-chan struct{} {
 func (r *Replica) WaitReadable(ctx context.Context, rev int64) error {
 	for {
 		r.mu.Lock()
-		readable := r.readableLocked()
+		// The wait first: an idle group's clock moves without mu, and
+		// wakes only readers it sees waiting (wakeReaders).
 		ch := r.appliedWaitLocked()
+		readable := r.readableLocked()
 		r.mu.Unlock()
 		if readable >= rev {
 			return nil

@@ -104,6 +104,7 @@ type Store struct {
 	// spanVersion: see SpanVersion.
 	spanVersion atomic.Uint64
 	rounds      clockRounds
+	idle        *idleGroups
 	// bg counts goroutines that use the engine outside the scheduler
 	// (compactors, snapshot senders); Stop waits for them.
 	bg    sync.WaitGroup
@@ -136,6 +137,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	// Clock rounds likewise: a peer's echo of an earlier incarnation's
 	// round must not answer a round of this one.
 	s.rounds.issued = uint64(time.Now().UnixNano())
+	s.idle = newIdleGroups()
 	s.transport = newTransport(s)
 	start, end := kvstore.RangeDescriptorKeySpan()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})

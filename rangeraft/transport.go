@@ -55,6 +55,10 @@ type outgoing struct {
 	msgs     []*txnproto.RaftMessage
 	produced clockEvidence
 	closed   []*txnproto.ClosedTimestamp
+	// idle are idle-group updates, in order; idleLost reports a gap in
+	// the receiver's (idlegroups.go).
+	idle     []*txnproto.IdleGroupUpdate
+	idleLost bool
 }
 
 // PeerConnectParams bound gRPC's reconnect backoff between nodes. The
@@ -141,12 +145,6 @@ func (t *Transport) send(nodeID uint64, msgs []*txnproto.RaftMessage, produced c
 	t.enqueue(nodeID, outgoing{msgs: msgs, produced: produced})
 }
 
-// sendClosed queues side-channel closed timestamps for nodeID (none makes
-// a ping).
-func (t *Transport) sendClosed(nodeID uint64, closed []*txnproto.ClosedTimestamp) {
-	t.enqueue(nodeID, outgoing{closed: closed})
-}
-
 // askClock asks nodeID for its clock in round (clockround.go): the next
 // batch to it carries the question, and one is queued unless a queued
 // batch will already carry it.
@@ -217,13 +215,15 @@ func (t *Transport) runPeer(p *peer) {
 			return
 		case out = <-p.queue:
 		}
-		msgs, produced, closed := out.msgs, out.produced, out.closed
+		msgs, produced, closed, idle, idleLost := out.msgs, out.produced, out.closed, out.idle, out.idleLost
 	drain:
 		for len(msgs) < 4096 {
 			select {
 			case more := <-p.queue:
 				msgs = append(msgs, more.msgs...)
 				closed = append(closed, more.closed...)
+				idle = append(idle, more.idle...)
+				idleLost = idleLost || more.idleLost
 				// The oldest pass's stamp vouches for all the messages.
 				// (A pass without a stamp sent nothing that needs one.)
 				if len(more.msgs) > 0 && more.produced.stamp > 0 && (produced.stamp == 0 || more.produced.stamp < produced.stamp) {
@@ -274,6 +274,8 @@ func (t *Transport) runPeer(p *peer) {
 			Closed:            closed,
 			ClockRound:        round,
 			ClockEcho:         echo,
+			IdleGroups:        idle,
+			IdleGroupsLost:    idleLost,
 		}
 		if err := stream.Send(batch); err != nil {
 			// Find out why (a rejected cluster ID comes back as the
@@ -418,6 +420,12 @@ func (t *Transport) handleBatch(batch *txnproto.RaftMessageBatch) {
 		}
 		t.s.HandleRaftMessage(rm.RangeId, batch.FromNode, m, rm.Quiesce,
 			clockEvidence{stamp: batch.ProducedTimestamp, epoch: batch.ProducedVoteEpoch})
+	}
+	if batch.IdleGroupsLost {
+		t.s.idle.markLost(batch.FromNode)
+	}
+	if len(batch.IdleGroups) > 0 {
+		t.s.idle.apply(t.s, batch.FromNode, batch.IdleGroups)
 	}
 	// Every close first, then the pokes (see publishClosed).
 	var moved []*Replica

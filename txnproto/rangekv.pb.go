@@ -867,9 +867,15 @@ type RaftMessageBatch struct {
 	ClockRound uint64 `protobuf:"varint,11,opt,name=clock_round,json=clockRound,proto3" json:"clock_round,omitempty"`
 	// clock_echo is the highest clock_round received from the receiver:
 	// this batch's timestamp was read after that question arrived.
-	ClockEcho     uint64 `protobuf:"varint,12,opt,name=clock_echo,json=clockEcho,proto3" json:"clock_echo,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClockEcho uint64 `protobuf:"varint,12,opt,name=clock_echo,json=clockEcho,proto3" json:"clock_echo,omitempty"`
+	// idle_groups carries the sender's idle-group updates for the receiver,
+	// in order (rangeraft/idlegroups.go).
+	IdleGroups []*IdleGroupUpdate `protobuf:"bytes,13,rep,name=idle_groups,json=idleGroups,proto3" json:"idle_groups,omitempty"`
+	// idle_groups_lost asks the receiver to dissolve its idle groups that
+	// include the sender: an update of theirs was lost.
+	IdleGroupsLost bool `protobuf:"varint,14,opt,name=idle_groups_lost,json=idleGroupsLost,proto3" json:"idle_groups_lost,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RaftMessageBatch) Reset() {
@@ -986,6 +992,166 @@ func (x *RaftMessageBatch) GetClockEcho() uint64 {
 	return 0
 }
 
+func (x *RaftMessageBatch) GetIdleGroups() []*IdleGroupUpdate {
+	if x != nil {
+		return x.IdleGroups
+	}
+	return nil
+}
+
+func (x *RaftMessageBatch) GetIdleGroupsLost() bool {
+	if x != nil {
+		return x.IdleGroupsLost
+	}
+	return false
+}
+
+// IdleGroupUpdate is one change to a leader node's idle group, as seen by
+// one follower node: leaves, then joins, then the group's new closed
+// timestamp (docs/closed-timestamps.md, "Idle groups").
+type IdleGroupUpdate struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId uint64                 `protobuf:"varint,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// seq numbers the sender's updates to this receiver, every group
+	// together, without gaps; a gap means updates were lost.
+	Seq    uint64           `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Leaves []uint64         `protobuf:"varint,3,rep,packed,name=leaves,proto3" json:"leaves,omitempty"`
+	Joins  []*IdleGroupJoin `protobuf:"bytes,4,rep,name=joins,proto3" json:"joins,omitempty"`
+	// closed is the group's closed timestamp: every member never applies a
+	// write at or below it, and a member replica that has applied through
+	// its join index has applied every write at or below it. 0: unchanged.
+	Closed int64 `protobuf:"varint,5,opt,name=closed,proto3" json:"closed,omitempty"`
+	// dissolved ends the group: every member leaves.
+	Dissolved     bool `protobuf:"varint,6,opt,name=dissolved,proto3" json:"dissolved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdleGroupUpdate) Reset() {
+	*x = IdleGroupUpdate{}
+	mi := &file_rangekv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdleGroupUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdleGroupUpdate) ProtoMessage() {}
+
+func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdleGroupUpdate.ProtoReflect.Descriptor instead.
+func (*IdleGroupUpdate) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *IdleGroupUpdate) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *IdleGroupUpdate) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *IdleGroupUpdate) GetLeaves() []uint64 {
+	if x != nil {
+		return x.Leaves
+	}
+	return nil
+}
+
+func (x *IdleGroupUpdate) GetJoins() []*IdleGroupJoin {
+	if x != nil {
+		return x.Joins
+	}
+	return nil
+}
+
+func (x *IdleGroupUpdate) GetClosed() int64 {
+	if x != nil {
+		return x.Closed
+	}
+	return 0
+}
+
+func (x *IdleGroupUpdate) GetDissolved() bool {
+	if x != nil {
+		return x.Dissolved
+	}
+	return false
+}
+
+// IdleGroupJoin adds a range to an idle group from its applied index on.
+type IdleGroupJoin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	AppliedIndex  uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdleGroupJoin) Reset() {
+	*x = IdleGroupJoin{}
+	mi := &file_rangekv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdleGroupJoin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdleGroupJoin) ProtoMessage() {}
+
+func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdleGroupJoin.ProtoReflect.Descriptor instead.
+func (*IdleGroupJoin) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *IdleGroupJoin) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *IdleGroupJoin) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 // ClosedTimestamp is a range leader's promise, sent on the side channel:
 // the range never applies a write at or below revision, and a replica that
 // has applied through applied_index has applied every write at or below
@@ -1001,7 +1167,7 @@ type ClosedTimestamp struct {
 
 func (x *ClosedTimestamp) Reset() {
 	*x = ClosedTimestamp{}
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1179,7 @@ func (x *ClosedTimestamp) String() string {
 func (*ClosedTimestamp) ProtoMessage() {}
 
 func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1192,7 @@ func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedTimestamp.ProtoReflect.Descriptor instead.
 func (*ClosedTimestamp) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{12}
+	return file_rangekv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClosedTimestamp) GetRangeId() uint64 {
@@ -1059,7 +1225,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1237,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1250,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{13}
+	return file_rangekv_proto_rawDescGZIP(), []int{15}
 }
 
 // KeyValue is one raw engine key and value in a snapshot stream.
@@ -1098,7 +1264,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_rangekv_proto_msgTypes[14]
+	mi := &file_rangekv_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1276,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[14]
+	mi := &file_rangekv_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1289,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{14}
+	return file_rangekv_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -1162,7 +1328,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_rangekv_proto_msgTypes[15]
+	mi := &file_rangekv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1340,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[15]
+	mi := &file_rangekv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1353,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{15}
+	return file_rangekv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotChunk) GetClusterId() uint64 {
@@ -1271,7 +1437,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1449,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1462,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{16}
+	return file_rangekv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotResponse) GetApplied() bool {
@@ -1332,7 +1498,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1510,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1523,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{17}
+	return file_rangekv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1431,7 +1597,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1609,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1622,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{18}
+	return file_rangekv_proto_rawDescGZIP(), []int{20}
 }
 
 type ListRangesResponse struct {
@@ -1468,7 +1634,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1646,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1659,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{19}
+	return file_rangekv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1512,7 +1678,7 @@ type RangeForKeyRequest struct {
 
 func (x *RangeForKeyRequest) Reset() {
 	*x = RangeForKeyRequest{}
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1690,7 @@ func (x *RangeForKeyRequest) String() string {
 func (*RangeForKeyRequest) ProtoMessage() {}
 
 func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1703,7 @@ func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeForKeyRequest.ProtoReflect.Descriptor instead.
 func (*RangeForKeyRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{20}
+	return file_rangekv_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RangeForKeyRequest) GetKey() []byte {
@@ -1556,7 +1722,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1734,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1747,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{21}
+	return file_rangekv_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1601,7 +1767,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1779,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1792,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{22}
+	return file_rangekv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1651,7 +1817,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +1829,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +1842,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{23}
+	return file_rangekv_proto_rawDescGZIP(), []int{25}
 }
 
 // NodeInfo is a node with what it carries.
@@ -1691,7 +1857,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1869,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1882,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{24}
+	return file_rangekv_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeInfo) GetMember() *Member {
@@ -1749,7 +1915,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1927,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1940,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{25}
+	return file_rangekv_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1794,7 +1960,7 @@ type CloseRangeRequest struct {
 
 func (x *CloseRangeRequest) Reset() {
 	*x = CloseRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1972,7 @@ func (x *CloseRangeRequest) String() string {
 func (*CloseRangeRequest) ProtoMessage() {}
 
 func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1985,7 @@ func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeRequest.ProtoReflect.Descriptor instead.
 func (*CloseRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{26}
+	return file_rangekv_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CloseRangeRequest) GetRangeId() uint64 {
@@ -1845,7 +2011,7 @@ type CloseRangeResponse struct {
 
 func (x *CloseRangeResponse) Reset() {
 	*x = CloseRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2023,7 @@ func (x *CloseRangeResponse) String() string {
 func (*CloseRangeResponse) ProtoMessage() {}
 
 func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2036,7 @@ func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeResponse.ProtoReflect.Descriptor instead.
 func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{27}
+	return file_rangekv_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CloseRangeResponse) GetReadableRevision() int64 {
@@ -1893,7 +2059,7 @@ type MoveLeaderRequest struct {
 
 func (x *MoveLeaderRequest) Reset() {
 	*x = MoveLeaderRequest{}
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2071,7 @@ func (x *MoveLeaderRequest) String() string {
 func (*MoveLeaderRequest) ProtoMessage() {}
 
 func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2084,7 @@ func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderRequest.ProtoReflect.Descriptor instead.
 func (*MoveLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{28}
+	return file_rangekv_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MoveLeaderRequest) GetKey() []byte {
@@ -1951,7 +2117,7 @@ type MoveLeaderResponse struct {
 
 func (x *MoveLeaderResponse) Reset() {
 	*x = MoveLeaderResponse{}
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2129,7 @@ func (x *MoveLeaderResponse) String() string {
 func (*MoveLeaderResponse) ProtoMessage() {}
 
 func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2142,7 @@ func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderResponse.ProtoReflect.Descriptor instead.
 func (*MoveLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{29}
+	return file_rangekv_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MoveLeaderResponse) GetRange() *RangeInfo {
@@ -2049,7 +2215,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
-	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xdb\x03\n" +
+	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xc9\x04\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1b\n" +
@@ -2068,7 +2234,20 @@ const file_rangekv_proto_rawDesc = "" +
 	"\vclock_round\x18\v \x01(\x04R\n" +
 	"clockRound\x12\x1d\n" +
 	"\n" +
-	"clock_echo\x18\f \x01(\x04R\tclockEcho\"m\n" +
+	"clock_echo\x18\f \x01(\x04R\tclockEcho\x12B\n" +
+	"\vidle_groups\x18\r \x03(\v2!.rangekv.txnproto.IdleGroupUpdateR\n" +
+	"idleGroups\x12(\n" +
+	"\x10idle_groups_lost\x18\x0e \x01(\bR\x0eidleGroupsLost\"\xc3\x01\n" +
+	"\x0fIdleGroupUpdate\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06leaves\x18\x03 \x03(\x04R\x06leaves\x125\n" +
+	"\x05joins\x18\x04 \x03(\v2\x1f.rangekv.txnproto.IdleGroupJoinR\x05joins\x12\x16\n" +
+	"\x06closed\x18\x05 \x01(\x03R\x06closed\x12\x1c\n" +
+	"\tdissolved\x18\x06 \x01(\bR\tdissolved\"O\n" +
+	"\rIdleGroupJoin\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"m\n" +
 	"\x0fClosedTimestamp\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12#\n" +
@@ -2168,7 +2347,7 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
 	(*ReplicaDescriptor)(nil),  // 1: rangekv.txnproto.ReplicaDescriptor
@@ -2183,24 +2362,26 @@ var file_rangekv_proto_goTypes = []any{
 	(*Command)(nil),            // 10: rangekv.txnproto.Command
 	(*RaftMessage)(nil),        // 11: rangekv.txnproto.RaftMessage
 	(*RaftMessageBatch)(nil),   // 12: rangekv.txnproto.RaftMessageBatch
-	(*ClosedTimestamp)(nil),    // 13: rangekv.txnproto.ClosedTimestamp
-	(*BatchAck)(nil),           // 14: rangekv.txnproto.BatchAck
-	(*KeyValue)(nil),           // 15: rangekv.txnproto.KeyValue
-	(*SnapshotChunk)(nil),      // 16: rangekv.txnproto.SnapshotChunk
-	(*SnapshotResponse)(nil),   // 17: rangekv.txnproto.SnapshotResponse
-	(*RangeInfo)(nil),          // 18: rangekv.txnproto.RangeInfo
-	(*ListRangesRequest)(nil),  // 19: rangekv.txnproto.ListRangesRequest
-	(*ListRangesResponse)(nil), // 20: rangekv.txnproto.ListRangesResponse
-	(*RangeForKeyRequest)(nil), // 21: rangekv.txnproto.RangeForKeyRequest
-	(*SplitRangeRequest)(nil),  // 22: rangekv.txnproto.SplitRangeRequest
-	(*SplitRangeResponse)(nil), // 23: rangekv.txnproto.SplitRangeResponse
-	(*ListNodesRequest)(nil),   // 24: rangekv.txnproto.ListNodesRequest
-	(*NodeInfo)(nil),           // 25: rangekv.txnproto.NodeInfo
-	(*ListNodesResponse)(nil),  // 26: rangekv.txnproto.ListNodesResponse
-	(*CloseRangeRequest)(nil),  // 27: rangekv.txnproto.CloseRangeRequest
-	(*CloseRangeResponse)(nil), // 28: rangekv.txnproto.CloseRangeResponse
-	(*MoveLeaderRequest)(nil),  // 29: rangekv.txnproto.MoveLeaderRequest
-	(*MoveLeaderResponse)(nil), // 30: rangekv.txnproto.MoveLeaderResponse
+	(*IdleGroupUpdate)(nil),    // 13: rangekv.txnproto.IdleGroupUpdate
+	(*IdleGroupJoin)(nil),      // 14: rangekv.txnproto.IdleGroupJoin
+	(*ClosedTimestamp)(nil),    // 15: rangekv.txnproto.ClosedTimestamp
+	(*BatchAck)(nil),           // 16: rangekv.txnproto.BatchAck
+	(*KeyValue)(nil),           // 17: rangekv.txnproto.KeyValue
+	(*SnapshotChunk)(nil),      // 18: rangekv.txnproto.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 19: rangekv.txnproto.SnapshotResponse
+	(*RangeInfo)(nil),          // 20: rangekv.txnproto.RangeInfo
+	(*ListRangesRequest)(nil),  // 21: rangekv.txnproto.ListRangesRequest
+	(*ListRangesResponse)(nil), // 22: rangekv.txnproto.ListRangesResponse
+	(*RangeForKeyRequest)(nil), // 23: rangekv.txnproto.RangeForKeyRequest
+	(*SplitRangeRequest)(nil),  // 24: rangekv.txnproto.SplitRangeRequest
+	(*SplitRangeResponse)(nil), // 25: rangekv.txnproto.SplitRangeResponse
+	(*ListNodesRequest)(nil),   // 26: rangekv.txnproto.ListNodesRequest
+	(*NodeInfo)(nil),           // 27: rangekv.txnproto.NodeInfo
+	(*ListNodesResponse)(nil),  // 28: rangekv.txnproto.ListNodesResponse
+	(*CloseRangeRequest)(nil),  // 29: rangekv.txnproto.CloseRangeRequest
+	(*CloseRangeResponse)(nil), // 30: rangekv.txnproto.CloseRangeResponse
+	(*MoveLeaderRequest)(nil),  // 31: rangekv.txnproto.MoveLeaderRequest
+	(*MoveLeaderResponse)(nil), // 32: rangekv.txnproto.MoveLeaderResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
@@ -2212,38 +2393,40 @@ var file_rangekv_proto_depIdxs = []int32{
 	8,  // 6: rangekv.txnproto.Command.split:type_name -> rangekv.txnproto.SplitCommand
 	9,  // 7: rangekv.txnproto.Command.close:type_name -> rangekv.txnproto.CloseCommand
 	11, // 8: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
-	13, // 9: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
-	5,  // 10: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
-	2,  // 11: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
-	15, // 12: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
-	1,  // 13: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
-	18, // 14: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
-	18, // 15: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
-	18, // 16: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
-	3,  // 17: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
-	25, // 18: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
-	18, // 19: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
-	12, // 20: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	16, // 21: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	19, // 22: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
-	21, // 23: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
-	22, // 24: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
-	24, // 25: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	27, // 26: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
-	29, // 27: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
-	14, // 28: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	17, // 29: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	20, // 30: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	18, // 31: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	23, // 32: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	26, // 33: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	28, // 34: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
-	30, // 35: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
-	28, // [28:36] is the sub-list for method output_type
-	20, // [20:28] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	15, // 9: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
+	13, // 10: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
+	14, // 11: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
+	5,  // 12: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
+	2,  // 13: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
+	17, // 14: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
+	1,  // 15: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	20, // 16: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
+	20, // 17: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
+	20, // 18: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
+	3,  // 19: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
+	27, // 20: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
+	20, // 21: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
+	12, // 22: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	18, // 23: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	21, // 24: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	23, // 25: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	24, // 26: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	26, // 27: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	29, // 28: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	31, // 29: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
+	16, // 30: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	19, // 31: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	22, // 32: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	20, // 33: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	25, // 34: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	28, // 35: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	30, // 36: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	32, // 37: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -2257,7 +2440,7 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
