@@ -497,23 +497,33 @@ type MemoryReport struct {
 }
 
 // serverMemory reads heap+stack in use, RSS and goroutines from an
-// endpoint's /metrics.
-func serverMemory(ctx context.Context, endpoint string) (heapStack, rss, goroutines int64, err error) {
+// endpoint's /metrics. When the server serves Go's profiles
+// (--enable-pprof) it first has it collect garbage (a heap profile with
+// gc=1), so that heap in use is what is live rather than wherever the
+// garbage collector's cycle happens to be; it reports whether it could.
+func serverMemory(ctx context.Context, endpoint string) (heapStack, rss, goroutines int64, collected bool, err error) {
 	if !strings.Contains(endpoint, "://") {
 		endpoint = "http://" + endpoint
 	}
+	if req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"/debug/pprof/heap?gc=1", nil); err == nil {
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			collected = resp.StatusCode == http.StatusOK
+		}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"/metrics", nil)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, false, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, false, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, false, err
 	}
 	for _, line := range strings.Split(string(body), "\n") {
 		f := strings.Fields(line)
@@ -534,9 +544,9 @@ func serverMemory(ctx context.Context, endpoint string) (heapStack, rss, gorouti
 		}
 	}
 	if heapStack == 0 {
-		return 0, 0, 0, fmt.Errorf("bench: %s/metrics has no Go memory statistics", endpoint)
+		return 0, 0, 0, false, fmt.Errorf("bench: %s/metrics has no Go memory statistics", endpoint)
 	}
-	return heapStack, rss, goroutines, nil
+	return heapStack, rss, goroutines, collected, nil
 }
 
 // RunIdleWatchers opens n watchers of distinct keys under Prefix on the
@@ -557,7 +567,7 @@ func RunIdleWatchers(ctx context.Context, c Config, n int, settle time.Duration)
 		return nil, fmt.Errorf("bench: %s not serving: %w", ep, err)
 	}
 	time.Sleep(settle)
-	hs0, rss0, g0, err := serverMemory(ctx, ep)
+	hs0, rss0, g0, gc0, err := serverMemory(ctx, ep)
 	if err != nil {
 		return nil, err
 	}
@@ -582,7 +592,7 @@ func RunIdleWatchers(ctx context.Context, c Config, n int, settle time.Duration)
 	}
 	elapsed := time.Since(started)
 	time.Sleep(settle)
-	hs1, rss1, g1, err := serverMemory(ctx, ep)
+	hs1, rss1, g1, gc1, err := serverMemory(ctx, ep)
 	if err != nil {
 		return nil, err
 	}
@@ -594,5 +604,10 @@ func RunIdleWatchers(ctx context.Context, c Config, n int, settle time.Duration)
 		Ops: []OpReport{rec.Summarize("watch-create", elapsed)}, Memory: mem}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("%d idle watchers on %s: heap+stack +%d B (%d B each), RSS +%d B, goroutines +%d",
 		n, ep, mem.HeapStackBytes, mem.PerWatcherBytes, mem.RSSBytes, mem.Goroutines))
+	if !gc0 || !gc1 {
+		rep.Notes = append(rep.Notes, "the server does not serve /debug/pprof (rangekv --enable-pprof): heap in use includes garbage not yet collected, so the figures vary with the collector's cycle")
+	} else {
+		rep.Notes = append(rep.Notes, "heap measured after a garbage collection (/debug/pprof/heap?gc=1)")
+	}
 	return rep, nil
 }

@@ -129,12 +129,13 @@ func (w *watcher) wakeUp() {
 }
 
 // park leaves the watcher without a goroutine until one of the feeds
-// changes (each wait is the channel that feed's Since returned) or a wake
-// request comes. It returns false, parking nothing, when one of those
+// changes (each wait is the channel that feed's Since returned), or, with
+// closedWaits (from ClosedWait, for a watcher over several ranges), one
+// of the ranges' readable revisions moves, or a wake request comes. It returns false, parking nothing, when one of those
 // already happened since wakes read seen; the caller then looks again.
 // On true the caller's goroutine must return at once without touching
 // the watcher: another may be running it already.
-func (w *watcher) park(feeds []*rangeraft.Feed, waits []<-chan struct{}, seen int64) bool {
+func (w *watcher) park(feeds []*rangeraft.Feed, waits, closedWaits []<-chan struct{}, seen int64) bool {
 	// Register while still marked running, so no second goroutine can
 	// start and park over this one; a wake in the meantime is counted in
 	// wakes and caught below.
@@ -143,7 +144,13 @@ func (w *watcher) park(feeds []*rangeraft.Feed, waits []<-chan struct{}, seen in
 	w.mu.Unlock()
 	ok := true
 	for i, f := range feeds {
-		if !f.Park(w, waits[i], w.wakeUp) {
+		parked := false
+		if closedWaits != nil {
+			parked = f.ParkClosed(w, waits[i], closedWaits[i], w.wakeUp)
+		} else {
+			parked = f.Park(w, waits[i], w.wakeUp)
+		}
+		if !parked {
 			ok = false
 			break
 		}
@@ -467,7 +474,7 @@ func (w *watcher) run() {
 				return
 			default:
 			}
-			w.park([]*rangeraft.Feed{feed}, []<-chan struct{}{wait}, seen)
+			w.park([]*rangeraft.Feed{feed}, []<-chan struct{}{wait}, nil, seen)
 			return
 		}
 		var evs []*mvccpb.Event

@@ -74,12 +74,15 @@ func (w *watcher) runMulti() {
 		next := w.next
 		w.mu.Unlock()
 
-		// The wait channels first: a publish after them closes them.
+		// The wait channels first: a publish, or a move of a range's
+		// readable revision, after them closes them.
 		waits := make([]<-chan struct{}, 0, len(rs))
+		closedWaits := make([]<-chan struct{}, 0, len(rs))
 		feeds := make([]*rangeraft.Feed, 0, len(rs))
 		for _, r := range rs {
 			_, _, _, wait := r.Feed().Since(next-1, 0)
 			waits = append(waits, wait)
+			closedWaits = append(closedWaits, r.Feed().ClosedWait())
 			feeds = append(feeds, r.Feed())
 		}
 		resolved, newest := rs[0].ReadableRevision(), w.advanceTo.Load()
@@ -114,7 +117,7 @@ func (w *watcher) runMulti() {
 			case <-w.cancelc:
 			case <-w.ws.ctx.Done():
 			default:
-				w.park(feeds, waits, seen)
+				w.park(feeds, waits, closedWaits, seen)
 			}
 			return
 		}

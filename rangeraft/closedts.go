@@ -218,7 +218,7 @@ func (r *Replica) readableLocked() int64 {
 func (r *Replica) InstallClosed(rev int64, index uint64) bool {
 	moved := r.installClosed(rev, index)
 	if moved {
-		r.feed.Poke()
+		r.feed.PokeClosed()
 	}
 	return moved
 }
@@ -231,10 +231,11 @@ func (r *Replica) installClosed(rev int64, index uint64) bool {
 	return r.installClosedLocked(rev, index)
 }
 
-// pokeAll pokes the feeds of rs.
+// pokeAll tells the readers of rs's feeds that their readable revisions
+// moved.
 func pokeAll(rs []*Replica) {
 	for _, r := range rs {
-		r.feed.Poke()
+		r.feed.PokeClosed()
 	}
 }
 
@@ -304,12 +305,17 @@ func (s *Store) publishClosed() {
 			continue
 		}
 		if r.idle.Load() {
-			// A quiesced range out of the groups joins one, or is
-			// closed alone every quiescedCloseEvery rounds.
+			// A quiesced range out of the groups (it quiesced with stale
+			// evidence, or its group dissolved) joins one or is closed
+			// alone, every quiescedCloseEvery rounds. (It tries to join
+			// when it quiesces, too.)
+			if !quiescedToo {
+				continue
+			}
 			r.mu.Lock()
 			joined := r.joinIdleGroupLocked(peerClocks)
 			r.mu.Unlock()
-			if joined || !quiescedToo {
+			if joined {
 				continue
 			}
 		}
@@ -405,7 +411,7 @@ func (r *Replica) CloseAt(ctx context.Context, target int64) error {
 		applied := r.appliedWaitLocked()
 		r.mu.Unlock()
 		if moved {
-			r.feed.Poke()
+			r.feed.PokeClosed()
 		}
 		switch {
 		case done:

@@ -33,9 +33,15 @@ type Feed struct {
 	notify chan struct{}
 	// parked readers to call back on the next change (Park).
 	parked map[any]func()
-	// waited is set while a wait channel or a parked reader exists, so
-	// that PokeIfWaited costs an atomic load when nobody waits.
-	waited atomic.Bool
+	// closedNotify and closedParked are the same for readers that also
+	// wait for the range's readable revision to move (PokeClosed):
+	// watchers over several ranges. A watcher of one range needs only
+	// events, and is not woken every time a close moves.
+	closedNotify chan struct{}
+	closedParked map[any]func()
+	// closedWaited is set while closedNotify or a closed-parked reader
+	// exists, so that PokeClosed costs an atomic load when nobody waits.
+	closedWaited atomic.Bool
 }
 
 // NewFeed returns a feed whose window starts after rev and holds at most
@@ -85,7 +91,6 @@ func (f *Feed) Since(after int64, maxEntries int) (entries []FeedEntry, inWindow
 	defer f.mu.Unlock()
 	if f.notify == nil {
 		f.notify = make(chan struct{})
-		f.waited.Store(true)
 	}
 	if after < f.floor {
 		return nil, false, f.last, f.notify
@@ -129,13 +134,47 @@ func (f *Feed) Poke() {
 	callAll(wake)
 }
 
-// PokeIfWaited is Poke when a reader waits on the feed, and nothing
-// otherwise: for changes that only readers waiting now can care about
-// (an idle group's closed timestamp moved).
-func (f *Feed) PokeIfWaited() {
-	if f.waited.Load() {
-		f.Poke()
+// ClosedWait returns a channel closed at the next change of the feed or
+// of the range's readable revision (PokeClosed), for ParkClosed.
+func (f *Feed) ClosedWait() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closedNotify == nil {
+		f.closedNotify = make(chan struct{})
+		f.closedWaited.Store(true)
 	}
+	return f.closedNotify
+}
+
+// PokeClosed wakes the readers waiting for the range's readable revision
+// to move (ClosedWait, ParkClosed), which it just did; readers of events
+// only are left alone. It costs an atomic load when nobody waits.
+func (f *Feed) PokeClosed() {
+	if !f.closedWaited.Load() {
+		return
+	}
+	f.mu.Lock()
+	wake := f.closedChangedLocked()
+	f.mu.Unlock()
+	callAll(wake)
+}
+
+// ParkClosed is Park for a reader that also waits for the readable
+// revision to move: wait and closedWait are the channels Since and
+// ClosedWait returned, and if either is no longer current nothing is
+// registered and it returns false.
+func (f *Feed) ParkClosed(key any, wait, closedWait <-chan struct{}, wake func()) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if wait != f.notify || closedWait != f.closedNotify {
+		return false
+	}
+	if f.closedParked == nil {
+		f.closedParked = map[any]func(){}
+	}
+	f.closedParked[key] = wake
+	f.closedWaited.Store(true)
+	return true
 }
 
 // Park registers wake, under key, to be called once on the feed's next
@@ -155,7 +194,6 @@ func (f *Feed) Park(key any, wait <-chan struct{}, wake func()) bool {
 		f.parked = map[any]func(){}
 	}
 	f.parked[key] = wake
-	f.waited.Store(true)
 	return true
 }
 
@@ -163,6 +201,7 @@ func (f *Feed) Park(key any, wait <-chan struct{}, wake func()) bool {
 func (f *Feed) Unpark(key any) {
 	f.mu.Lock()
 	delete(f.parked, key)
+	delete(f.closedParked, key)
 	f.mu.Unlock()
 }
 
@@ -173,19 +212,30 @@ func (f *Feed) changedLocked() []func() {
 		close(f.notify)
 		f.notify = nil
 	}
-	f.waited.Store(false)
-	return f.takeParkedLocked()
+	return append(f.closedChangedLocked(), takeParked(f.parked)...)
 }
 
-func (f *Feed) takeParkedLocked() []func() {
-	if len(f.parked) == 0 {
+// closedChangedLocked wakes the readers waiting for the readable revision
+// to move.
+func (f *Feed) closedChangedLocked() []func() {
+	if f.closedNotify != nil {
+		close(f.closedNotify)
+		f.closedNotify = nil
+	}
+	f.closedWaited.Store(false)
+	return takeParked(f.closedParked)
+}
+
+// takeParked empties parked and returns its callbacks.
+func takeParked(parked map[any]func()) []func() {
+	if len(parked) == 0 {
 		return nil
 	}
-	out := make([]func(), 0, len(f.parked))
-	for _, w := range f.parked {
+	out := make([]func(), 0, len(parked))
+	for _, w := range parked {
 		out = append(out, w)
 	}
-	clear(f.parked)
+	clear(parked)
 	return out
 }
 

@@ -84,6 +84,9 @@ type groupClock struct {
 	closed  atomic.Int64
 	mu      sync.Mutex
 	members map[*Replica]struct{}
+	// listed is members as a slice, rebuilt after a change (nil): every
+	// round walks it, and members change far less often than rounds run.
+	listed []*Replica
 }
 
 func newGroupClock() *groupClock { return &groupClock{members: map[*Replica]struct{}{}} }
@@ -91,23 +94,28 @@ func newGroupClock() *groupClock { return &groupClock{members: map[*Replica]stru
 func (g *groupClock) add(r *Replica) {
 	g.mu.Lock()
 	g.members[r] = struct{}{}
+	g.listed = nil
 	g.mu.Unlock()
 }
 
 func (g *groupClock) remove(r *Replica) {
 	g.mu.Lock()
 	delete(g.members, r)
+	g.listed = nil
 	g.mu.Unlock()
 }
 
+// list returns the members; the slice is shared and must not be changed.
 func (g *groupClock) list() []*Replica {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make([]*Replica, 0, len(g.members))
-	for r := range g.members {
-		out = append(out, r)
+	if g.listed == nil {
+		g.listed = make([]*Replica, 0, len(g.members))
+		for r := range g.members {
+			g.listed = append(g.listed, r)
+		}
 	}
-	return out
+	return g.listed
 }
 
 // advance raises the clock to t and wakes the members' waiters; it
@@ -418,5 +426,5 @@ func (r *Replica) wakeReaders() {
 		r.signalAppliedLocked()
 		r.mu.Unlock()
 	}
-	r.feed.PokeIfWaited()
+	r.feed.PokeClosed()
 }

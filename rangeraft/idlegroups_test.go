@@ -2,6 +2,7 @@ package rangeraft
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -136,4 +137,41 @@ func TestIdleGroupGapDropsEverything(t *testing.T) {
 	follower.idle.apply(follower, 1, append(out[2], more[2]...))
 	require.NotNil(t, fx.grp)
 	require.Equal(t, int64(138), fx.groupClosedLocked())
+}
+
+// TestFeedPokeClosedWakesOnlyClosedReaders: a move of the readable
+// revision wakes the readers that wait for it (watchers over several
+// ranges) and leaves readers of events alone: before this, every side-
+// channel round woke every idle single-range watcher of the range.
+func TestFeedPokeClosedWakesOnlyClosedReaders(t *testing.T) {
+	f := NewFeed(0, 16)
+	events, closed := make(chan struct{}, 1), make(chan struct{}, 1)
+	_, _, _, wait := f.Since(0, 0)
+	require.True(t, f.Park("events", wait, func() { events <- struct{}{} }))
+	_, _, _, wait = f.Since(0, 0)
+	require.True(t, f.ParkClosed("closed", wait, f.ClosedWait(), func() { closed <- struct{}{} }))
+
+	f.PokeClosed()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the closed reader was not woken")
+	}
+	f.mu.Lock()
+	_, stillParked := f.parked["events"]
+	f.mu.Unlock()
+	require.True(t, stillParked, "a reader of events was woken by a closed timestamp")
+
+	// A stale closed wait is refused: the reader must look again.
+	_, _, _, wait = f.Since(0, 0)
+	cw := f.ClosedWait()
+	f.PokeClosed()
+	require.False(t, f.ParkClosed("closed", wait, cw, func() {}))
+
+	f.Publish(1, nil)
+	select {
+	case <-events:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a publish did not wake the reader of events")
+	}
 }

@@ -653,8 +653,11 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		// (a watcher must never find a revision readable whose events are
 		// not in the feed yet), so a watcher woken by them may have
 		// looked too early: wake it again now.
-		if len(splits) > 0 || readableMoved {
+		switch {
+		case len(splits) > 0:
 			r.feed.Poke()
+		case readableMoved:
+			r.feed.PokeClosed()
 		}
 		if compactTo > 0 {
 			r.queueCompaction(compactTo)
