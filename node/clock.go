@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,13 +38,44 @@ func newClock(cfg Config) *hlc.Clock {
 
 // clockState is the outcome of the last clock check: "" when the node may
 // serve, else why it does not.
-type clockState struct{ problem atomic.Pointer[string] }
+type clockState struct {
+	problem atomic.Pointer[string]
+	// mu guards fencedc, closed when the node stops serving (set) and
+	// replaced once it serves again: open watch streams end on it.
+	mu      sync.Mutex
+	fencedc chan struct{}
+}
 
 func (c *clockState) get() string {
 	if p := c.problem.Load(); p != nil {
 		return *p
 	}
 	return ""
+}
+
+// set records the outcome of a check: problem "" serves again.
+func (c *clockState) set(problem string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if problem == "" {
+		c.problem.Store(nil)
+		return
+	}
+	c.problem.Store(&problem)
+	if c.fencedc != nil {
+		close(c.fencedc)
+		c.fencedc = nil
+	}
+}
+
+// fenced returns a channel closed the next time the node stops serving.
+func (c *clockState) fenced() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fencedc == nil {
+		c.fencedc = make(chan struct{})
+	}
+	return c.fencedc
 }
 
 // clockMonitor enforces --max-clock-offset, as CockroachDB's remote
@@ -83,12 +115,10 @@ func (n *Node) clockMonitor() (time.Duration, func()) {
 		case problem == "" && prev != "":
 			n.log.Info("clock offset back within --max-clock-offset; serving again")
 		}
-		if problem == "" {
-			n.clockCheck.problem.Store(nil)
-			return
+		n.clockCheck.set(problem)
+		if problem != "" {
+			n.store.ShedLeadership()
 		}
-		n.clockCheck.problem.Store(&problem)
-		n.store.ShedLeadership()
 	}
 }
 
@@ -120,10 +150,39 @@ func (n *Node) clockInterceptors(peer bool) []grpc.ServerOption {
 			return h(ctx, req)
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			fenced := n.clockCheck.fenced() // before the check: a fence after it closes it
 			if err := n.clockGate(info.FullMethod, peer); err != nil {
 				return err
 			}
-			return h(srv, ss)
+			if !strings.HasPrefix(info.FullMethod, "/etcdserverpb.Watch/") {
+				return h(srv, ss)
+			}
+			// A watch stream open when the node stops serving ends with the
+			// reason, so its client resumes elsewhere: a fenced node closes
+			// nothing at its own clock, and its events would stall.
+			ctx, cancel := context.WithCancel(ss.Context())
+			defer cancel()
+			go func() {
+				select {
+				case <-fenced:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			err := h(srv, fencedStream{ServerStream: ss, ctx: ctx})
+			if ctx.Err() != nil && ss.Context().Err() == nil && n.clockCheck.get() != "" {
+				return n.clockGate(info.FullMethod, peer)
+			}
+			return err
 		}),
 	}
 }
+
+// fencedStream is a server stream whose context also ends when the node
+// stops serving (clockInterceptors).
+type fencedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s fencedStream) Context() context.Context { return s.ctx }

@@ -3,12 +3,18 @@ package node
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 // leadRangeOn moves the leadership of the range holding key to member
@@ -108,4 +114,46 @@ func TestHeaderRevisionsFollowRealTime(t *testing.T) {
 	}
 	require.Empty(t, violations, "responses whose revision went below one acknowledged before (of 20 each)")
 	requireClosedTimestampsKept(t, c)
+}
+
+// TestFencedNodeEndsWatchStreams: a watch stream open on a node when its
+// clock monitor fences it ends with the reason (Unavailable), so its
+// client resumes on another node: a fenced node closes nothing at its own
+// clock, and its watchers would stall. New streams are refused until the
+// node serves again.
+func TestFencedNodeEndsWatchStreams(t *testing.T) {
+	c := newTestCluster(t, 3, manualPlacement)
+	m := c.members[0]
+	conn, err := grpc.NewClient(strings.TrimPrefix(m.clientURL(), "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	stream, err := pb.NewWatchClient(conn).Watch(ctx)
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{
+		CreateRequest: &pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte("b")}}}))
+	created, err := stream.Recv()
+	require.NoError(t, err)
+	require.True(t, created.Created)
+
+	const reason = "rangekv: this node's clock is off (test)"
+	m.node().clockCheck.set(reason)
+	_, err = stream.Recv()
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), reason)
+
+	again, err := pb.NewWatchClient(conn).Watch(ctx)
+	require.NoError(t, err)
+	_, err = again.Recv()
+	require.Equal(t, codes.Unavailable, status.Code(err), "a new stream is refused while fenced")
+
+	m.node().clockCheck.set("")
+	serving, err := pb.NewWatchClient(conn).Watch(ctx)
+	require.NoError(t, err)
+	require.NoError(t, serving.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{
+		CreateRequest: &pb.WatchCreateRequest{Key: []byte("a")}}}))
+	created, err = serving.Recv()
+	require.NoError(t, err)
+	require.True(t, created.Created)
 }
