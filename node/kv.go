@@ -380,7 +380,7 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 			if err != nil {
 				return nil, err
 			}
-			return resp, s.n.acknowledge(ctx, s, r, resp.Header)
+			return resp, s.acknowledge(ctx, r, resp.Header)
 		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
 			return pb.NewKVClient(cc).Range(ctx, req)
 		})
@@ -397,11 +397,11 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 // (rangeraft.Store.WaitClockQuorum), so that no request begun after it
 // gets a smaller revision; a forwarded read also carries the range's
 // closed timestamp back (mdClosed).
-func (n *Node) acknowledge(ctx context.Context, s *kvServer, r *rangeraft.Replica, h *pb.ResponseHeader) error {
+func (s *kvServer) acknowledge(ctx context.Context, r *rangeraft.Replica, h *pb.ResponseHeader) error {
 	if s.peer {
 		setForwardedClose(ctx, r)
 	}
-	return n.store.WaitClockQuorum(ctx, h.Revision)
+	return s.n.store.WaitClockQuorum(ctx, h.Revision)
 }
 
 // maxIssuedRevision bounds the revisions any node may have issued: this
@@ -508,7 +508,7 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 				if err != nil {
 					return nil, err
 				}
-				return resp, s.n.acknowledge(ctx, s, r, resp.Header)
+				return resp, s.acknowledge(ctx, r, resp.Header)
 			}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
 				return pb.NewKVClient(cc).Txn(ctx, req)
 			})

@@ -206,24 +206,25 @@ func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, sta
 		}
 		return nil, translateErr(ctx, err)
 	}
-	resp, err := s.n.readAt(rs, req, t, start, end)
-	if err != nil || req.Serializable {
-		return resp, err
-	}
-	return resp, s.n.store.WaitClockQuorum(ctx, t)
+	return s.n.readAt(rs, req, t, start, end)
 }
 
 // closeAcrossNow is closeAcross at the revision a linearizable
 // multi-range read starts from: the reading of a clock round, so at
 // least every revision acknowledged before the read arrived (the
-// ranges' own and any other range's). A requested revision above the
-// result is a future revision (readAt).
+// ranges' own and any other range's). It returns once a majority of the
+// cluster's clocks have reached the result, which the read can then
+// answer with (rangeraft.Store.WaitClockQuorum). A requested revision
+// above it is a future revision (readAt).
 func (n *Node) closeAcrossNow(ctx context.Context, rs []*rangeraft.Replica) (int64, error) {
 	t, err := n.store.ClockRound(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return n.closeAcross(ctx, rs, t)
+	if t, err = n.closeAcross(ctx, rs, t); err != nil {
+		return 0, err
+	}
+	return t, n.store.WaitClockQuorum(ctx, t)
 }
 
 // readAt reads req on the ranges rs, which must still tile [start, end),
@@ -428,9 +429,5 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 	for _, r := range rs {
 		compacted = max(compacted, r.Status().CompactRevision)
 	}
-	resp, err := s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
-	if err != nil || placement.TxnSerializable(req) {
-		return resp, err
-	}
-	return resp, s.n.store.WaitClockQuorum(ctx, t)
+	return s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
 }

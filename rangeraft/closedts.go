@@ -201,9 +201,14 @@ func quorumClock(replicas []*txnproto.ReplicaDescriptor, self uint64, now int64,
 		}
 		stamps = append(stamps, s)
 	}
+	return quorumOf(stamps), stale
+}
+
+// quorumOf returns the quorum-th highest of stamps (one per voter, in any
+// order; sorted in place): a majority of the voters are at least there.
+func quorumOf(stamps []int64) int64 {
 	slices.Sort(stamps)
-	// The quorum-th highest: a majority of voters are at least there.
-	return stamps[len(stamps)-(len(stamps)/2+1)], stale
+	return stamps[len(stamps)-(len(stamps)/2+1)]
 }
 
 // readableLocked is ReadableRevision with mu held.
@@ -295,10 +300,10 @@ func (s *Store) publishClosed() {
 	quiescedToo := s.closeRound%quiescedCloseEvery == 0
 	now := s.cfg.Clock.Now()
 	// The idle groups first: now was read before they take their leaves.
-	groupUpdates, dropped := s.idle.round(now, peerClocks)
+	groupUpdates, own, dropped := s.idle.round(now, peerClocks)
 	dropLeaderships(dropped)
-	for gc, t := range s.idle.ownClocks() {
-		gc.advance(t)
+	for _, o := range own {
+		o.clock.advance(o.closed)
 	}
 	for _, r := range s.closing {
 		if !r.leading.Load() || r.grouped.Load() {
@@ -341,24 +346,28 @@ func (s *Store) publishClosed() {
 	pokeAll(s.poked)
 	clear(s.poked)
 	s.poked = s.poked[:0]
-	s.mu.RLock()
-	peers := s.peers
-	s.mu.RUnlock()
-	for _, n := range peers {
-		// Rounds that close quiesced ranges ping every peer, entries or
-		// not: the clock evidence those ranges close on.
-		if quiescedToo || len(out[n]) > 0 || len(groupUpdates[n]) > 0 {
-			s.transport.enqueue(n, outgoing{closed: out[n], idle: groupUpdates[n]})
+	// Rounds that close quiesced ranges ping every peer, entries or not:
+	// the clock evidence those ranges close on.
+	sends := map[uint64]outgoing{}
+	if quiescedToo {
+		s.mu.RLock()
+		for _, n := range s.peers {
+			sends[n] = outgoing{}
 		}
-		delete(out, n)
-		delete(groupUpdates, n)
+		s.mu.RUnlock()
 	}
 	for n, cts := range out {
-		s.transport.enqueue(n, outgoing{closed: cts, idle: groupUpdates[n]})
-		delete(groupUpdates, n)
+		o := sends[n]
+		o.closed = cts
+		sends[n] = o
 	}
 	for n, us := range groupUpdates {
-		s.transport.enqueue(n, outgoing{idle: us})
+		o := sends[n]
+		o.idle = us
+		sends[n] = o
+	}
+	for n, o := range sends {
+		s.transport.enqueue(n, o)
 	}
 }
 

@@ -105,6 +105,15 @@ func (g *groupClock) remove(r *Replica) {
 	g.mu.Unlock()
 }
 
+// drop takes r out of g, on both sides: r stops reading g. The caller
+// holds r.mu.
+func (g *groupClock) drop(r *Replica) {
+	if r.grp == g {
+		r.grp = nil
+	}
+	g.remove(r)
+}
+
 // list returns the members; the slice is shared and must not be changed.
 func (g *groupClock) list() []*Replica {
 	g.mu.Lock()
@@ -207,12 +216,7 @@ func (r *Replica) leaveIdleGroupLocked() {
 	if g == nil {
 		return
 	}
-	r.idleGroup = nil
-	r.grouped.Store(false)
-	if r.grp == g.clock {
-		r.grp = nil
-	}
-	g.clock.remove(r)
+	r.unsetIdleGroupLocked()
 	s := r.store.idle
 	s.mu.Lock()
 	if g.members[r.RangeID] == r {
@@ -232,12 +236,19 @@ func (r *Replica) leaveIdleGroupLocked() {
 	s.mu.Unlock()
 }
 
+// ownClose is a group's timestamp for this node's own member replicas.
+type ownClose struct {
+	clock  *groupClock
+	closed int64
+}
+
 // round runs one side-channel round of the groups this node leads: now
 // is the clock's reading taken before the round (so before any leave it
 // takes), peerClocks the nodes' clock readings. It returns the updates
-// for each node and the members of dissolved groups, whose replicas must
-// drop their membership.
-func (s *idleGroups) round(now int64, peerClocks map[uint64]clockEvidence) (out map[uint64][]*txnproto.IdleGroupUpdate, dropped []*Replica) {
+// for each node, the timestamps of the groups that remain for this
+// node's own replicas, and the members of dissolved groups, whose
+// replicas must drop their membership.
+func (s *idleGroups) round(now int64, peerClocks map[uint64]clockEvidence) (out map[uint64][]*txnproto.IdleGroupUpdate, own []ownClose, dropped []*Replica) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out = map[uint64][]*txnproto.IdleGroupUpdate{}
@@ -276,8 +287,7 @@ func (s *idleGroups) round(now int64, peerClocks map[uint64]clockEvidence) (out 
 		for _, n := range g.nodes {
 			stamps = append(stamps, peerClocks[n].stamp)
 		}
-		slices.Sort(stamps)
-		t := min(now, stamps[len(stamps)-(len(stamps)/2+1)])
+		t := min(now, quorumOf(stamps))
 		u := &txnproto.IdleGroupUpdate{GroupId: g.id, Leaves: g.leaves, Joins: g.joins}
 		g.leaves, g.joins = nil, nil
 		if t > g.sent {
@@ -290,22 +300,12 @@ func (s *idleGroups) round(now int64, peerClocks map[uint64]clockEvidence) (out 
 		}
 		if len(g.members) == 0 {
 			delete(s.byKey, g.key) // its leaves went out above
+			continue
 		}
+		own = append(own, ownClose{g.clock, g.sent})
 	}
 	clear(s.lost)
-	return out, dropped
-}
-
-// ownClocks returns this node's own group clocks to advance to their
-// groups' last timestamps (after round).
-func (s *idleGroups) ownClocks() map[*groupClock]int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[*groupClock]int64, len(s.byKey))
-	for _, g := range s.byKey {
-		out[g.clock] = g.sent
-	}
-	return out
+	return out, own, dropped
 }
 
 // dropLeaderships clears the membership of replicas whose group
@@ -314,15 +314,19 @@ func dropLeaderships(rs []*Replica) {
 	for _, r := range rs {
 		r.mu.Lock()
 		if g := r.idleGroup; g != nil && g.dissolved {
-			r.idleGroup = nil
-			r.grouped.Store(false)
-			if r.grp == g.clock {
-				r.grp = nil
-			}
-			g.clock.remove(r)
+			r.unsetIdleGroupLocked()
 		}
 		r.mu.Unlock()
 	}
+}
+
+// unsetIdleGroupLocked clears r's membership, as leader, of its group,
+// on r's side only.
+func (r *Replica) unsetIdleGroupLocked() {
+	g := r.idleGroup
+	r.idleGroup = nil
+	r.grouped.Store(false)
+	g.clock.drop(r)
 }
 
 // markLost records that node lost an update: the groups including it
@@ -362,11 +366,8 @@ func (s *idleGroups) apply(st *Store, from uint64, updates []*txnproto.IdleGroup
 		for _, id := range u.Leaves {
 			if r := st.Replica(id); r != nil {
 				r.mu.Lock()
-				if r.grp == gc {
-					r.grp = nil
-				}
+				gc.drop(r)
 				r.mu.Unlock()
-				gc.remove(r)
 			}
 		}
 		for _, j := range u.Joins {
@@ -402,11 +403,8 @@ func (s *idleGroups) dropRemoteLocked(st *Store, rg *remoteGroups, from uint64) 
 func clearMembers(gc *groupClock) {
 	for _, r := range gc.list() {
 		r.mu.Lock()
-		if r.grp == gc {
-			r.grp = nil
-		}
+		gc.drop(r)
 		r.mu.Unlock()
-		gc.remove(r)
 	}
 }
 

@@ -49,7 +49,7 @@ func TestIdleGroupLeaveWithdrawsUnsentJoin(t *testing.T) {
 	joinForTest(t, x, epochs)
 	joinForTest(t, y, epochs)
 	x.leaveIdleGroupLocked()
-	out, dropped := leader.idle.round(100, clocks)
+	out, _, dropped := leader.idle.round(100, clocks)
 	require.Empty(t, dropped)
 	require.Len(t, out[2], 1)
 	u := out[2][0]
@@ -66,7 +66,7 @@ func TestIdleGroupLeaveWithdrawsUnsentJoin(t *testing.T) {
 	y.leaveIdleGroupLocked()
 	y.st.applied.Index = 25
 	joinForTest(t, y, epochs)
-	out, _ = leader.idle.round(110, map[uint64]clockEvidence{2: {stamp: 105, epoch: 1}, 3: {stamp: 108, epoch: 1}})
+	out, _, _ = leader.idle.round(110, map[uint64]clockEvidence{2: {stamp: 105, epoch: 1}, 3: {stamp: 108, epoch: 1}})
 	u = out[2][0]
 	require.Equal(t, []uint64{8}, u.Leaves)
 	require.Equal(t, []*txnproto.IdleGroupJoin{{RangeId: 8, AppliedIndex: 25}}, u.Joins)
@@ -84,11 +84,11 @@ func TestIdleGroupDissolvesOnVote(t *testing.T) {
 	x := groupTestReplica(leader, 7, 12)
 	fx := groupTestReplica(follower, 7, 12)
 	joinForTest(t, x, map[uint64]uint64{2: 1, 3: 1})
-	out, _ := leader.idle.round(100, map[uint64]clockEvidence{2: {stamp: 90, epoch: 1}, 3: {stamp: 95, epoch: 1}})
+	out, _, _ := leader.idle.round(100, map[uint64]clockEvidence{2: {stamp: 90, epoch: 1}, 3: {stamp: 95, epoch: 1}})
 	follower.idle.apply(follower, 1, out[2])
 	require.NotNil(t, fx.grp)
 
-	out, dropped := leader.idle.round(120, map[uint64]clockEvidence{2: {stamp: 110, epoch: 1}, 3: {stamp: 115, epoch: 2}})
+	out, _, dropped := leader.idle.round(120, map[uint64]clockEvidence{2: {stamp: 110, epoch: 1}, 3: {stamp: 115, epoch: 2}})
 	require.Equal(t, []*Replica{x}, dropped)
 	require.True(t, out[2][0].Dissolved)
 	require.Zero(t, out[2][0].Closed, "no timestamp from a dissolved group")
@@ -115,14 +115,14 @@ func TestIdleGroupGapDropsEverything(t *testing.T) {
 	epochs := map[uint64]uint64{2: 1, 3: 1}
 	joinForTest(t, x, epochs)
 	joinForTest(t, y, epochs)
-	out, _ := leader.idle.round(100, map[uint64]clockEvidence{2: {stamp: 90, epoch: 1}, 3: {stamp: 95, epoch: 1}})
+	out, _, _ := leader.idle.round(100, map[uint64]clockEvidence{2: {stamp: 90, epoch: 1}, 3: {stamp: 95, epoch: 1}})
 	follower.idle.apply(follower, 1, out[2])
 	require.NotNil(t, fx.grp)
 
 	y.leaveIdleGroupLocked()
-	lost, _ := leader.idle.round(110, map[uint64]clockEvidence{2: {stamp: 105, epoch: 1}, 3: {stamp: 108, epoch: 1}})
+	lost, _, _ := leader.idle.round(110, map[uint64]clockEvidence{2: {stamp: 105, epoch: 1}, 3: {stamp: 108, epoch: 1}})
 	require.Equal(t, []uint64{8}, lost[2][0].Leaves)
-	next, _ := leader.idle.round(120, map[uint64]clockEvidence{2: {stamp: 115, epoch: 1}, 3: {stamp: 118, epoch: 1}})
+	next, _, _ := leader.idle.round(120, map[uint64]clockEvidence{2: {stamp: 115, epoch: 1}, 3: {stamp: 118, epoch: 1}})
 	follower.idle.apply(follower, 1, next[2]) // the update with y's leave never came
 	require.Nil(t, fx.grp, "every group of the sender is dropped")
 	require.Nil(t, fy.grp)
@@ -130,11 +130,11 @@ func TestIdleGroupGapDropsEverything(t *testing.T) {
 	// Its request (idle_groups_lost) dissolves them on the leader, and x
 	// joins a new group whose join the receiver gets.
 	leader.idle.markLost(2)
-	out, dropped := leader.idle.round(130, map[uint64]clockEvidence{2: {stamp: 125, epoch: 1}, 3: {stamp: 128, epoch: 1}})
+	out, _, dropped := leader.idle.round(130, map[uint64]clockEvidence{2: {stamp: 125, epoch: 1}, 3: {stamp: 128, epoch: 1}})
 	require.Equal(t, []*Replica{x}, dropped)
 	dropLeaderships(dropped)
 	joinForTest(t, x, epochs)
-	more, _ := leader.idle.round(140, map[uint64]clockEvidence{2: {stamp: 135, epoch: 1}, 3: {stamp: 138, epoch: 1}})
+	more, _, _ := leader.idle.round(140, map[uint64]clockEvidence{2: {stamp: 135, epoch: 1}, 3: {stamp: 138, epoch: 1}})
 	follower.idle.apply(follower, 1, append(out[2], more[2]...))
 	require.NotNil(t, fx.grp)
 	require.Equal(t, int64(138), fx.groupClosedLocked())

@@ -171,12 +171,6 @@ func (r *Replica) SpanGeneration() (start, end []byte, generation uint64) {
 	return r.desc.StartKey, r.desc.EndKey, r.desc.Generation
 }
 
-// SpanVersion returns a number that changes after any replica of the store
-// changes its span or generation, or a replica is added or removed: a
-// reader that saw the same version before and after reading replicas'
-// spans read a consistent set.
-func (s *Store) SpanVersion() uint64 { return s.spanVersion.Load() }
-
 // Feed returns the range's applied-event feed.
 func (r *Replica) Feed() *Feed { return r.feed }
 

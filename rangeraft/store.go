@@ -401,6 +401,12 @@ func (s *Store) addReplica(desc *txnproto.RangeDescriptor, campaign bool) {
 	s.enqueue(r.RangeID)
 }
 
+// SpanVersion returns a number that changes after any replica of the store
+// changes its span or generation, or a replica is added or removed: a
+// reader that saw the same version before and after reading replicas'
+// spans read a consistent set.
+func (s *Store) SpanVersion() uint64 { return s.spanVersion.Load() }
+
 func (s *Store) rebuildIndexLocked() {
 	defer s.spanVersion.Add(1)
 	s.byStart = s.byStart[:0]
