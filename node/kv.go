@@ -350,11 +350,23 @@ func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte
 	if _, err := s.n.store.ClockRound(ctx); err != nil {
 		return rangeraft.ApplyResult{}, err
 	}
-	res, err := r.Propose(ctx, cmd)
-	if err != nil {
-		return res, err
+	for {
+		res, err := r.Propose(ctx, cmd)
+		var conflict *rangeraft.IntentConflictError
+		if errors.As(err, &conflict) {
+			// Locked by a cross-range transaction: nothing was written.
+			// Wait for its intent to resolve (its coordinator, or the
+			// intent resolver past its expiry), then propose again.
+			if err := r.WaitIntent(ctx, conflict.Txn.GetId()); err != nil {
+				return res, err
+			}
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		return res, s.n.store.WaitClockQuorum(ctx, res.Revision)
 	}
-	return res, s.n.store.WaitClockQuorum(ctx, res.Revision)
 }
 
 // Range implements etcd's KV.Range. A range request over keys of several
@@ -467,7 +479,7 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.DeleteRangeResponse, error) {
+	resp, err := onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.DeleteRangeResponse, error) {
 		res, err := s.propose(ctx, r, req.Key, &txnproto.Command{DeleteRange: data})
 		if err != nil {
 			return nil, err
@@ -478,6 +490,18 @@ func (s *kvServer) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) 
 	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.DeleteRangeResponse, error) {
 		return pb.NewKVClient(cc).DeleteRange(ctx, req)
 	})
+	if !s.peer && errors.Is(err, errSpansRanges) {
+		// Over several ranges: a cross-range transaction of one delete.
+		tresp, err := s.crossRangeTxn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{
+			{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: req}}}})
+		if err != nil {
+			return nil, err
+		}
+		resp = tresp.Responses[0].GetResponseDeleteRange()
+		resp.Header = tresp.Header
+		return resp, nil
+	}
+	return resp, err
 }
 
 // Txn implements etcd's KV.Txn. Read-only transactions take the read path
@@ -523,7 +547,7 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	if err != nil {
 		return nil, err
 	}
-	return onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
+	resp, err := onLeader(ctx, s, route, false, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
 		res, err := s.propose(ctx, r, txnFirstKey(req), &txnproto.Command{Txn: data})
 		if err != nil {
 			return nil, err
@@ -535,6 +559,11 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {
 		return pb.NewKVClient(cc).Txn(ctx, req)
 	})
+	if !s.peer && errors.Is(err, errSpansRanges) {
+		// Keys in several ranges: intents and a transaction record.
+		return s.crossRangeTxn(ctx, req)
+	}
+	return resp, err
 }
 
 // txnLocal evaluates a read-only txn against the local replica's applied

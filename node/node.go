@@ -8,6 +8,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2"
 	"net"
 	"net/url"
 	"slices"
@@ -61,6 +62,15 @@ type Node struct {
 	errMu      sync.Mutex
 	err        error
 	wg         sync.WaitGroup
+	// bgMu guards bgStopped, set once closeAll waits for background work
+	// (goBackground adds none after).
+	bgMu      sync.Mutex
+	bgStopped bool
+	// evalDB is the empty in-memory engine cross-range coordinators
+	// evaluate transactions over (evalEngine).
+	evalOnce sync.Once
+	evalDB   *pebble.DB
+	evalErr  error
 }
 
 // Start opens (bootstrapping if new) the node's data directory and serves
@@ -124,7 +134,7 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 	n.wg.Add(2)
 	go n.watchFatal()
 	go n.publishMember()
-	for _, periodic := range []func() (time.Duration, func()){n.splitQueue, n.directoryRepair, n.clockMonitor, n.leaderBalancer} {
+	for _, periodic := range []func() (time.Duration, func()){n.splitQueue, n.directoryRepair, n.clockMonitor, n.leaderBalancer, n.intentResolver} {
 		if interval, tick := periodic(); tick != nil {
 			n.wg.Add(1)
 			go n.every(interval, tick)
@@ -168,6 +178,21 @@ func (n *Node) Stop() {
 	})
 }
 
+// goBackground runs fn on a goroutine the node waits for when it stops;
+// once it is stopping, fn does not run.
+func (n *Node) goBackground(fn func()) {
+	n.bgMu.Lock()
+	defer n.bgMu.Unlock()
+	if n.bgStopped {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		fn()
+	}()
+}
+
 func (n *Node) fail(err error) {
 	n.errMu.Lock()
 	if n.err == nil {
@@ -193,7 +218,13 @@ func (n *Node) closeAll() {
 	if n.store != nil {
 		n.store.Stop()
 	}
+	n.bgMu.Lock()
+	n.bgStopped = true
+	n.bgMu.Unlock()
 	n.wg.Wait()
+	if n.evalDB != nil {
+		_ = n.evalDB.Close()
+	}
 	if n.eng != nil {
 		if err := n.eng.Close(); err != nil {
 			n.log.Warn("closing engine", zap.Error(err))

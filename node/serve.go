@@ -45,6 +45,7 @@ func (n *Node) serve() error {
 	n.store.Transport().Register(n.peerServer)
 	pb.RegisterKVServer(n.peerServer, &kvServer{n: n, peer: true})
 	txnproto.RegisterRangesServer(n.peerServer, &rangesServer{n: n, peer: true})
+	txnproto.RegisterTxnServiceServer(n.peerServer, &txnServer{n: n})
 	for _, u := range n.cfg.ListenPeerURLs {
 		l, err := net.Listen("tcp", u.Host)
 		if err != nil {

@@ -461,6 +461,17 @@ func (w *watcher) run() {
 			continue
 		}
 		if !inWindow {
+			if w.r.ReadableRevision() < next {
+				// A snapshot moved the feed's floor past a revision an
+				// unresolved transaction holds the range below: wait
+				// for the readable revision to move.
+				closedWait := feed.ClosedWait()
+				if w.r.ReadableRevision() < next {
+					w.park([]*rangeraft.Feed{feed}, []<-chan struct{}{wait}, []<-chan struct{}{closedWait}, seen)
+					return
+				}
+				continue
+			}
 			if !w.catchUpFromEngine(next, feed.Floor()) {
 				return
 			}

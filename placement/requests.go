@@ -1,30 +1,16 @@
 package placement
 
-import pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+import (
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/rangekv/rangekv/kvstore"
+)
 
 // TxnKeys calls add with the key and range_end (etcd's form: empty for one
 // key, "\x00" for every key from key on) of every compare and operation of
 // req, both branches and nested txns included: every span a router must
 // place the txn by. A put reports an empty range_end.
-func TxnKeys(req *pb.TxnRequest, add func(key, rangeEnd []byte)) {
-	for _, c := range req.Compare {
-		add(c.Key, c.RangeEnd)
-	}
-	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
-		for _, op := range ops {
-			switch v := op.Request.(type) {
-			case *pb.RequestOp_RequestRange:
-				add(v.RequestRange.Key, v.RequestRange.RangeEnd)
-			case *pb.RequestOp_RequestPut:
-				add(v.RequestPut.Key, nil)
-			case *pb.RequestOp_RequestDeleteRange:
-				add(v.RequestDeleteRange.Key, v.RequestDeleteRange.RangeEnd)
-			case *pb.RequestOp_RequestTxn:
-				TxnKeys(v.RequestTxn, add)
-			}
-		}
-	}
-}
+var TxnKeys = kvstore.TxnKeys
 
 // TxnReadOnly reports whether no branch of req writes (etcd's
 // isTxnReadonly).

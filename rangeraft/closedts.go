@@ -213,7 +213,16 @@ func quorumOf(stamps []int64) int64 {
 
 // readableLocked is ReadableRevision with mu held.
 func (r *Replica) readableLocked() int64 {
-	return max(r.st.applied.Revision, r.st.applied.ClosedRevision, r.sideClosed, r.groupClosedLocked())
+	return r.cappedLocked(max(r.st.applied.Revision, r.st.applied.ClosedRevision, r.sideClosed, r.groupClosedLocked()))
+}
+
+// cappedLocked lowers rev below the range's lowest unresolved prepare:
+// a transaction may still commit there (txn.go).
+func (r *Replica) cappedLocked(rev int64) int64 {
+	if r.txns != nil && r.txns.minPrepare > 0 {
+		return min(rev, r.txns.minPrepare-1)
+	}
+	return rev
 }
 
 // InstallClosed records a side-channel close from the range's leader:
@@ -400,10 +409,27 @@ func (r *Replica) CloseAt(ctx context.Context, target int64) error {
 			r.mu.Unlock()
 			return err
 		}
+		if r.txns != nil && r.txns.minPrepare > 0 && r.txns.minPrepare <= target {
+			// An unresolved transaction may commit at or below target:
+			// only its resolution (an apply) lets the range be read there.
+			applied := r.appliedWaitLocked()
+			r.mu.Unlock()
+			select {
+			case <-applied:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			attempt--
+			continue
+		}
 		if attempt == closeAtAttempts || target > now {
 			// Beyond the clock, the side channel cannot reach target.
 			r.mu.Unlock()
-			return r.Close(ctx, target)
+			if err := r.Close(ctx, target); err != nil {
+				return err
+			}
+			// A prepare applied before the close holds the range below it.
+			return r.WaitReadable(ctx, target)
 		}
 		moved := false
 		if rev, index, ok := r.sideCloseLocked(now, peerClocks); ok {

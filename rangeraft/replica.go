@@ -9,10 +9,10 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -110,6 +110,15 @@ type Replica struct {
 	// replica that campaigned at its split campaigns again on every tick
 	// until it leads (see splitCampaignTicks).
 	campaignTicks int
+	// txns is the range's transaction state (txn.go), replaced whole by
+	// apply; intentSeen and recordSeen give when this node first saw each
+	// intent and record applied. held are applied events not yet
+	// published because an unresolved prepare is below them (scheduler
+	// goroutine only, not under mu).
+	txns       *txnTable
+	intentSeen map[string]time.Time
+	recordSeen map[string]time.Time
+	held       []FeedEntry
 	// destroyed marks a replica object the store replaced (an
 	// uninitialized replica a split initialized); the scheduler skips it.
 	destroyed bool
@@ -214,7 +223,7 @@ func (r *Replica) Status() Status {
 		AppliedIndex:    r.st.applied.Index,
 		Revision:        r.st.applied.Revision,
 		CompactRevision: r.st.applied.CompactRevision,
-		ClosedRevision:  max(r.st.applied.ClosedRevision, r.sideClosed, r.groupClosedLocked()),
+		ClosedRevision:  r.cappedLocked(max(r.st.applied.ClosedRevision, r.sideClosed, r.groupClosedLocked())),
 		Quiesced:        r.quiesced,
 		IdleGrouped:     r.grp != nil && r.st.applied.Index >= r.grpIndex,
 		Stats:           r.stats,
@@ -470,7 +479,19 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 	desc := proto.Clone(r.desc).(*txnproto.RangeDescriptor)
 	span := kvstore.Span{Start: r.desc.StartKey, End: r.desc.EndKey}
 	closedFloor := max(r.sideClosed, r.groupClosedLocked())
+	txns := r.txns
+	if txns != nil && txns.minPrepare > 0 {
+		// Resolutions may write below a raw close (txn.go).
+		closedFloor = min(closedFloor, txns.minPrepare-1)
+	}
 	r.mu.Unlock()
+	txnsCopied := false
+	writable := func() *txnTable {
+		if !txnsCopied {
+			txns, txnsCopied = txns.clone(), true
+		}
+		return txns
+	}
 	var appliedIDs []uint64
 	var splits []*txnproto.RangeDescriptor
 
@@ -479,11 +500,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		res ApplyResult
 	}
 	var deliveries []delivery
-	type published struct {
-		rev    int64
-		events []*mvccpb.Event
-	}
-	var pubs []published
+	var pubs []FeedEntry
 	var delta kvstore.Stats
 	compactTo := int64(0)
 	for _, e := range ents {
@@ -513,17 +530,23 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		case cmd.Put != nil:
 			req := &pb.PutRequest{}
 			if res.Err = proto.Unmarshal(cmd.Put, req); res.Err == nil {
-				res.Response, res.Err = kvstore.ApplyPut(wb, req)
+				if res.Err = r.writeConflict(txns, req); res.Err == nil {
+					res.Response, res.Err = kvstore.ApplyPut(wb, req)
+				}
 			}
 		case cmd.DeleteRange != nil:
 			req := &pb.DeleteRangeRequest{}
 			if res.Err = proto.Unmarshal(cmd.DeleteRange, req); res.Err == nil {
-				res.Response, res.Err = kvstore.ApplyDeleteRange(wb, req)
+				if res.Err = r.writeConflict(txns, req); res.Err == nil {
+					res.Response, res.Err = kvstore.ApplyDeleteRange(wb, req)
+				}
 			}
 		case cmd.Txn != nil:
 			req := &pb.TxnRequest{}
 			if res.Err = proto.Unmarshal(cmd.Txn, req); res.Err == nil {
-				res.Response, res.Err = kvstore.ApplyTxn(wb, req)
+				if res.Err = r.writeConflict(txns, req); res.Err == nil {
+					res.Response, res.Err = kvstore.ApplyTxn(wb, req)
+				}
 			}
 		case cmd.Compact != nil:
 			c := cmd.Compact.Revision
@@ -542,7 +565,39 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			}
 		case cmd.Close != nil:
 			applied.ClosedRevision = max(applied.ClosedRevision, cmd.Close.Revision)
+		case cmd.TxnPrepare != nil || cmd.TxnCommit != nil || cmd.TxnResolve != nil || cmd.TxnAbort != nil || cmd.TxnForget != nil:
+			// Its own revision bookkeeping; a failed one writes nothing.
+			t := writable()
+			ta, err := r.applyTxnCommand(b, t, cmd, rev, span, applied.CompactRevision)
+			res.Err = err
+			switch {
+			case err != nil:
+				res.Revision = max(applied.Revision, applied.ClosedRevision)
+			case len(ta.events) > 0:
+				applied.Revision = max(applied.Revision, ta.evRev)
+				pubs = append(pubs, FeedEntry{Revision: ta.evRev, Events: ta.events})
+				delta.Add(ta.delta)
+				res.Revision = ta.evRev
+			case ta.closeAt > 0:
+				// A prepare consumes its revision: later writes of the
+				// range are above it (a resolution below is the one
+				// exception, held back from readers by the intent).
+				applied.ClosedRevision = max(applied.ClosedRevision, ta.closeAt)
+				res.Revision = ta.closeAt
+			default:
+				res.Revision = max(applied.Revision, applied.ClosedRevision)
+			}
+			res.Response = ta.resp
+			if cmd.ProposerNode == r.store.cfg.NodeID {
+				deliveries = append(deliveries, delivery{id: cmd.Id, res: res})
+				appliedIDs = append(appliedIDs, cmd.Id)
+			}
+			continue
 		case cmd.Split != nil:
+			if !txns.empty() {
+				res.Err = ErrSplitBlockedByTxn
+				break
+			}
 			var rhsStats kvstore.Stats
 			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split)
 			if res.Err == nil {
@@ -565,7 +620,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		if res.Err == nil && len(wb.Events) > 0 {
 			applied.Revision = rev
 			res.Revision = rev
-			pubs = append(pubs, published{rev: rev, events: wb.Events})
+			pubs = append(pubs, FeedEntry{Revision: rev, Events: wb.Events})
 			delta.Add(wb.Delta)
 		} else if res.Err == nil && (cmd.DeleteRange != nil || cmd.Txn != nil) {
 			// A write that changed nothing (a delete of nothing, a txn
@@ -603,9 +658,11 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 	finish := func() {
 		r.store.metrics.proposalsApplied.Add(float64(len(ents)))
 		_ = r.store.cfg.Clock.Update(max(applied.Revision, applied.ClosedRevision))
-		for _, p := range pubs {
-			r.feed.Publish(p.rev, p.events)
+		minPrepare := int64(0)
+		if txns != nil {
+			minPrepare = txns.minPrepare
 		}
+		r.publishApplied(pubs, minPrepare)
 		// Install right-hand replicas before the left one narrows, so
 		// that routing always finds a range for every key.
 		if len(splits) > 0 {
@@ -620,6 +677,9 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		readableBefore := r.readableLocked()
 		r.stats.Add(delta)
 		r.st.applied = applied
+		if txnsCopied {
+			r.installTxnsLocked(txns)
+		}
 		r.st.cacheTrim(applied.Index)
 		descChanged := desc.Generation != r.desc.Generation
 		r.desc = desc

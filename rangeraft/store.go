@@ -197,6 +197,10 @@ func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor
 			return nil, fmt.Errorf("range %d: %w", desc.RangeId, err)
 		}
 	}
+	txns, err := loadTxnTable(from, desc.RangeId)
+	if err != nil {
+		return nil, err
+	}
 	ks := kvstore.UserKeys
 	if len(desc.StartKey) > 0 && desc.StartKey[0] == kvstore.MetaSpanStart[0] {
 		ks = kvstore.MetaKeys
@@ -221,6 +225,7 @@ func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor
 		feed:          NewFeed(st.applied.Revision, s.cfg.FeedEvents),
 		physicalDone:  st.applied.CompactRevision,
 	}
+	r.installTxnsLocked(txns)
 	raw, err := raft.NewRawNode(&raft.Config{
 		ID:                        replicaID,
 		ElectionTick:              s.cfg.ElectionTicks,
@@ -613,6 +618,16 @@ func (s *Store) processReady() error {
 			if st, err := kvstore.DecodeStats(it.snap.stats); err == nil {
 				r.stats = st
 			}
+			t := &txnTable{intents: map[string]*txnproto.TxnIntent{}, records: map[string]*txnproto.TxnRecord{}}
+			for _, kv := range it.snap.kvs {
+				if err := t.add(r.RangeID, kv.Key, kv.Value); err != nil {
+					r.mu.Unlock()
+					return err
+				}
+			}
+			t.recompute()
+			r.installTxnsLocked(t)
+			r.held = nil
 			r.staged = nil
 			r.promoteClosesLocked()
 		}
@@ -782,6 +797,11 @@ func (r *Replica) persistSnapshot(b *pebble.Batch, snap *raftpb.Snapshot) (*stag
 	}
 	if err := b.DeleteRange(kvstore.RaftLogKey(r.RangeID, 0), kvstore.RaftLogKey(r.RangeID, ^uint64(0)), nil); err != nil {
 		return nil, err
+	}
+	for _, bounds := range [][2][]byte{spanOf(kvstore.IntentSpan(r.RangeID)), spanOf(kvstore.TxnRecordSpan(r.RangeID))} {
+		if err := b.DeleteRange(bounds[0], bounds[1], nil); err != nil {
+			return nil, err
+		}
 	}
 	for _, kv := range st.kvs {
 		if err := b.Set(kv.Key, kv.Value, nil); err != nil {

@@ -1,6 +1,7 @@
 package rangeraft
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -529,6 +530,21 @@ func (t *Transport) streamSnapshot(r *Replica, node uint64, m *raftpb.Message, c
 	if err := it.Error(); err != nil {
 		return err
 	}
+	// The range's transaction state (txn.go) travels with its data.
+	for _, bounds := range [][2][]byte{spanOf(kvstore.IntentSpan(r.RangeID)), spanOf(kvstore.TxnRecordSpan(r.RangeID))} {
+		tit, err := snap.NewIter(&pebble.IterOptions{LowerBound: bounds[0], UpperBound: bounds[1]})
+		if err != nil {
+			return err
+		}
+		for valid := tit.First(); valid; valid = tit.Next() {
+			kv := &txnproto.KeyValue{Key: append([]byte(nil), tit.Key()...), Value: append([]byte(nil), tit.Value()...)}
+			chunk.Kvs = append(chunk.Kvs, kv)
+			size += len(kv.Key) + len(kv.Value)
+		}
+		if err := tit.Close(); err != nil {
+			return err
+		}
+	}
 	chunk.Final = true
 	total += size
 	if err := stream.Send(chunk); err != nil {
@@ -578,6 +594,9 @@ func (t *Transport) Snapshot(stream txnproto.RaftTransport_SnapshotServer) error
 	if m.GetSnapshot().GetMetadata().GetIndex() != header.AppliedState.Index {
 		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: "snapshot metadata does not match its applied state"})
 	}
+	if err := checkSnapshotKeys(header.RangeId, header.Descriptor_, kvs); err != nil {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: err.Error()})
+	}
 	r := t.s.Replica(header.RangeId)
 	if r == nil {
 		r = t.s.newUninitialized(header.RangeId, m.GetTo())
@@ -607,4 +626,23 @@ func (t *Transport) Snapshot(stream txnproto.RaftTransport_SnapshotServer) error
 		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: err.Error()})
 	}
 	return stream.SendAndClose(&txnproto.SnapshotResponse{Applied: true})
+}
+
+// checkSnapshotKeys refuses a snapshot carrying a key outside what a
+// snapshot of the range may write: the MVCC data of its span and its
+// transaction state (intents and records).
+func checkSnapshotKeys(rangeID uint64, desc *txnproto.RangeDescriptor, kvs []*txnproto.KeyValue) error {
+	lo, hi := kvstore.MVCCSpanBound(desc.StartKey), kvstore.MVCCSpanBound(desc.EndKey)
+	is, ie := kvstore.IntentSpan(rangeID)
+	ts, te := kvstore.TxnRecordSpan(rangeID)
+	for _, kv := range kvs {
+		k := kv.Key
+		if bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 ||
+			bytes.Compare(k, is) >= 0 && bytes.Compare(k, ie) < 0 ||
+			bytes.Compare(k, ts) >= 0 && bytes.Compare(k, te) < 0 {
+			continue
+		}
+		return fmt.Errorf("snapshot of range %d carries key %q outside the range", rangeID, k)
+	}
+	return nil
 }

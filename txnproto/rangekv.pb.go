@@ -72,6 +72,56 @@ func (ReplicaType) EnumDescriptor() ([]byte, []int) {
 	return file_rangekv_proto_rawDescGZIP(), []int{0}
 }
 
+// TxnStatus is a transaction record's state.
+type TxnStatus int32
+
+const (
+	TxnStatus_TXN_PENDING   TxnStatus = 0
+	TxnStatus_TXN_COMMITTED TxnStatus = 1
+	TxnStatus_TXN_ABORTED   TxnStatus = 2
+)
+
+// Enum value maps for TxnStatus.
+var (
+	TxnStatus_name = map[int32]string{
+		0: "TXN_PENDING",
+		1: "TXN_COMMITTED",
+		2: "TXN_ABORTED",
+	}
+	TxnStatus_value = map[string]int32{
+		"TXN_PENDING":   0,
+		"TXN_COMMITTED": 1,
+		"TXN_ABORTED":   2,
+	}
+)
+
+func (x TxnStatus) Enum() *TxnStatus {
+	p := new(TxnStatus)
+	*p = x
+	return p
+}
+
+func (x TxnStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TxnStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_rangekv_proto_enumTypes[1].Descriptor()
+}
+
+func (TxnStatus) Type() protoreflect.EnumType {
+	return &file_rangekv_proto_enumTypes[1]
+}
+
+func (x TxnStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TxnStatus.Descriptor instead.
+func (TxnStatus) EnumDescriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{1}
+}
+
 // ReplicaDescriptor names one replica of a range.
 type ReplicaDescriptor struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -667,13 +717,19 @@ type Command struct {
 	ProposerNode uint64 `protobuf:"varint,2,opt,name=proposer_node,json=proposerNode,proto3" json:"proposer_node,omitempty"`
 	// timestamp is the proposer's HLC reading; the applied revision is
 	// max(timestamp, previous revision + 1).
-	Timestamp     int64           `protobuf:"varint,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
-	Put           []byte          `protobuf:"bytes,10,opt,name=put,proto3" json:"put,omitempty"`
-	DeleteRange   []byte          `protobuf:"bytes,11,opt,name=delete_range,json=deleteRange,proto3" json:"delete_range,omitempty"`
-	Txn           []byte          `protobuf:"bytes,12,opt,name=txn,proto3" json:"txn,omitempty"`
-	Compact       *CompactCommand `protobuf:"bytes,13,opt,name=compact,proto3" json:"compact,omitempty"`
-	Split         *SplitCommand   `protobuf:"bytes,14,opt,name=split,proto3" json:"split,omitempty"`
-	Close         *CloseCommand   `protobuf:"bytes,15,opt,name=close,proto3" json:"close,omitempty"`
+	Timestamp   int64           `protobuf:"varint,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	Put         []byte          `protobuf:"bytes,10,opt,name=put,proto3" json:"put,omitempty"`
+	DeleteRange []byte          `protobuf:"bytes,11,opt,name=delete_range,json=deleteRange,proto3" json:"delete_range,omitempty"`
+	Txn         []byte          `protobuf:"bytes,12,opt,name=txn,proto3" json:"txn,omitempty"`
+	Compact     *CompactCommand `protobuf:"bytes,13,opt,name=compact,proto3" json:"compact,omitempty"`
+	Split       *SplitCommand   `protobuf:"bytes,14,opt,name=split,proto3" json:"split,omitempty"`
+	Close       *CloseCommand   `protobuf:"bytes,15,opt,name=close,proto3" json:"close,omitempty"`
+	// Cross-range transaction commands (docs/transactions.md).
+	TxnPrepare    *TxnPrepareCommand `protobuf:"bytes,16,opt,name=txn_prepare,json=txnPrepare,proto3" json:"txn_prepare,omitempty"`
+	TxnCommit     *TxnCommitCommand  `protobuf:"bytes,17,opt,name=txn_commit,json=txnCommit,proto3" json:"txn_commit,omitempty"`
+	TxnResolve    *TxnResolveCommand `protobuf:"bytes,18,opt,name=txn_resolve,json=txnResolve,proto3" json:"txn_resolve,omitempty"`
+	TxnAbort      *TxnAbortCommand   `protobuf:"bytes,19,opt,name=txn_abort,json=txnAbort,proto3" json:"txn_abort,omitempty"`
+	TxnForget     *TxnForgetCommand  `protobuf:"bytes,20,opt,name=txn_forget,json=txnForget,proto3" json:"txn_forget,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +827,850 @@ func (x *Command) GetClose() *CloseCommand {
 	return nil
 }
 
+func (x *Command) GetTxnPrepare() *TxnPrepareCommand {
+	if x != nil {
+		return x.TxnPrepare
+	}
+	return nil
+}
+
+func (x *Command) GetTxnCommit() *TxnCommitCommand {
+	if x != nil {
+		return x.TxnCommit
+	}
+	return nil
+}
+
+func (x *Command) GetTxnResolve() *TxnResolveCommand {
+	if x != nil {
+		return x.TxnResolve
+	}
+	return nil
+}
+
+func (x *Command) GetTxnAbort() *TxnAbortCommand {
+	if x != nil {
+		return x.TxnAbort
+	}
+	return nil
+}
+
+func (x *Command) GetTxnForget() *TxnForgetCommand {
+	if x != nil {
+		return x.TxnForget
+	}
+	return nil
+}
+
+// TxnMeta identifies a cross-range transaction.
+type TxnMeta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is 16 random bytes chosen by the coordinator.
+	Id []byte `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// anchor_key is a span key in the range holding the transaction record.
+	AnchorKey []byte `protobuf:"bytes,2,opt,name=anchor_key,json=anchorKey,proto3" json:"anchor_key,omitempty"`
+	// coordinator is the node that runs the transaction.
+	Coordinator uint64 `protobuf:"varint,3,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	// expiry_ms is the Unix time in milliseconds after which a pending
+	// transaction may be aborted by anyone and no prepare applies.
+	ExpiryMs      int64 `protobuf:"varint,4,opt,name=expiry_ms,json=expiryMs,proto3" json:"expiry_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnMeta) Reset() {
+	*x = TxnMeta{}
+	mi := &file_rangekv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnMeta) ProtoMessage() {}
+
+func (x *TxnMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnMeta.ProtoReflect.Descriptor instead.
+func (*TxnMeta) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TxnMeta) GetId() []byte {
+	if x != nil {
+		return x.Id
+	}
+	return nil
+}
+
+func (x *TxnMeta) GetAnchorKey() []byte {
+	if x != nil {
+		return x.AnchorKey
+	}
+	return nil
+}
+
+func (x *TxnMeta) GetCoordinator() uint64 {
+	if x != nil {
+		return x.Coordinator
+	}
+	return 0
+}
+
+func (x *TxnMeta) GetExpiryMs() int64 {
+	if x != nil {
+		return x.ExpiryMs
+	}
+	return 0
+}
+
+// TxnSpan is a half-open interval [start, end) of span keys.
+type TxnSpan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           []byte                 `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnSpan) Reset() {
+	*x = TxnSpan{}
+	mi := &file_rangekv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnSpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnSpan) ProtoMessage() {}
+
+func (x *TxnSpan) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnSpan.ProtoReflect.Descriptor instead.
+func (*TxnSpan) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TxnSpan) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *TxnSpan) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+// TxnIntent is a participant range's lock on the spans a transaction
+// reads or writes there; it is replicated state of the range.
+type TxnIntent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Txn   *TxnMeta               `protobuf:"bytes,1,opt,name=txn,proto3" json:"txn,omitempty"`
+	Spans []*TxnSpan             `protobuf:"bytes,2,rep,name=spans,proto3" json:"spans,omitempty"`
+	// prepare_revision is the revision the prepare applied at: the
+	// commit revision is at least this, and the range's readable revision
+	// stays below it while the intent exists.
+	PrepareRevision int64 `protobuf:"varint,3,opt,name=prepare_revision,json=prepareRevision,proto3" json:"prepare_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TxnIntent) Reset() {
+	*x = TxnIntent{}
+	mi := &file_rangekv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnIntent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnIntent) ProtoMessage() {}
+
+func (x *TxnIntent) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnIntent.ProtoReflect.Descriptor instead.
+func (*TxnIntent) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TxnIntent) GetTxn() *TxnMeta {
+	if x != nil {
+		return x.Txn
+	}
+	return nil
+}
+
+func (x *TxnIntent) GetSpans() []*TxnSpan {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
+func (x *TxnIntent) GetPrepareRevision() int64 {
+	if x != nil {
+		return x.PrepareRevision
+	}
+	return 0
+}
+
+// TxnWrite is one key's final change by a committed transaction.
+type TxnWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is a span key.
+	Key           []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Lease         int64  `protobuf:"varint,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	Delete        bool   `protobuf:"varint,4,opt,name=delete,proto3" json:"delete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnWrite) Reset() {
+	*x = TxnWrite{}
+	mi := &file_rangekv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnWrite) ProtoMessage() {}
+
+func (x *TxnWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnWrite.ProtoReflect.Descriptor instead.
+func (*TxnWrite) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TxnWrite) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnWrite) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *TxnWrite) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *TxnWrite) GetDelete() bool {
+	if x != nil {
+		return x.Delete
+	}
+	return false
+}
+
+// TxnRecord is a transaction's record on its anchor range.
+type TxnRecord struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Txn            *TxnMeta               `protobuf:"bytes,1,opt,name=txn,proto3" json:"txn,omitempty"`
+	Status         TxnStatus              `protobuf:"varint,2,opt,name=status,proto3,enum=rangekv.txnproto.TxnStatus" json:"status,omitempty"`
+	CommitRevision int64                  `protobuf:"varint,3,opt,name=commit_revision,json=commitRevision,proto3" json:"commit_revision,omitempty"`
+	// writes are every write of the transaction, in operation order, on
+	// every range.
+	Writes []*TxnWrite `protobuf:"bytes,4,rep,name=writes,proto3" json:"writes,omitempty"`
+	// participants holds one span key in each participant range other
+	// than the anchor, to resolve their intents.
+	Participants  [][]byte `protobuf:"bytes,5,rep,name=participants,proto3" json:"participants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRecord) Reset() {
+	*x = TxnRecord{}
+	mi := &file_rangekv_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRecord) ProtoMessage() {}
+
+func (x *TxnRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
+func (*TxnRecord) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TxnRecord) GetTxn() *TxnMeta {
+	if x != nil {
+		return x.Txn
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetStatus() TxnStatus {
+	if x != nil {
+		return x.Status
+	}
+	return TxnStatus_TXN_PENDING
+}
+
+func (x *TxnRecord) GetCommitRevision() int64 {
+	if x != nil {
+		return x.CommitRevision
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetWrites() []*TxnWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetParticipants() [][]byte {
+	if x != nil {
+		return x.Participants
+	}
+	return nil
+}
+
+// TxnPrepareCommand locks spans of one range for a transaction; on the
+// anchor it also writes the pending record.
+type TxnPrepareCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Intent        *TxnIntent             `protobuf:"bytes,1,opt,name=intent,proto3" json:"intent,omitempty"`
+	Anchor        bool                   `protobuf:"varint,2,opt,name=anchor,proto3" json:"anchor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnPrepareCommand) Reset() {
+	*x = TxnPrepareCommand{}
+	mi := &file_rangekv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnPrepareCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnPrepareCommand) ProtoMessage() {}
+
+func (x *TxnPrepareCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnPrepareCommand.ProtoReflect.Descriptor instead.
+func (*TxnPrepareCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TxnPrepareCommand) GetIntent() *TxnIntent {
+	if x != nil {
+		return x.Intent
+	}
+	return nil
+}
+
+func (x *TxnPrepareCommand) GetAnchor() bool {
+	if x != nil {
+		return x.Anchor
+	}
+	return false
+}
+
+// TxnCommitCommand commits a transaction on its anchor range: the record
+// becomes committed, and the anchor's own writes apply and its intent is
+// released in the same command.
+type TxnCommitCommand struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TxnId          []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	CommitRevision int64                  `protobuf:"varint,2,opt,name=commit_revision,json=commitRevision,proto3" json:"commit_revision,omitempty"`
+	Writes         []*TxnWrite            `protobuf:"bytes,3,rep,name=writes,proto3" json:"writes,omitempty"`
+	Participants   [][]byte               `protobuf:"bytes,4,rep,name=participants,proto3" json:"participants,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TxnCommitCommand) Reset() {
+	*x = TxnCommitCommand{}
+	mi := &file_rangekv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCommitCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCommitCommand) ProtoMessage() {}
+
+func (x *TxnCommitCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCommitCommand.ProtoReflect.Descriptor instead.
+func (*TxnCommitCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TxnCommitCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnCommitCommand) GetCommitRevision() int64 {
+	if x != nil {
+		return x.CommitRevision
+	}
+	return 0
+}
+
+func (x *TxnCommitCommand) GetWrites() []*TxnWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+func (x *TxnCommitCommand) GetParticipants() [][]byte {
+	if x != nil {
+		return x.Participants
+	}
+	return nil
+}
+
+// TxnResolveCommand releases a range's intent: with commit set the
+// range's share of writes applies at commit_revision first.
+type TxnResolveCommand struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TxnId          []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Commit         bool                   `protobuf:"varint,2,opt,name=commit,proto3" json:"commit,omitempty"`
+	CommitRevision int64                  `protobuf:"varint,3,opt,name=commit_revision,json=commitRevision,proto3" json:"commit_revision,omitempty"`
+	Writes         []*TxnWrite            `protobuf:"bytes,4,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TxnResolveCommand) Reset() {
+	*x = TxnResolveCommand{}
+	mi := &file_rangekv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResolveCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResolveCommand) ProtoMessage() {}
+
+func (x *TxnResolveCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResolveCommand.ProtoReflect.Descriptor instead.
+func (*TxnResolveCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TxnResolveCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnResolveCommand) GetCommit() bool {
+	if x != nil {
+		return x.Commit
+	}
+	return false
+}
+
+func (x *TxnResolveCommand) GetCommitRevision() int64 {
+	if x != nil {
+		return x.CommitRevision
+	}
+	return 0
+}
+
+func (x *TxnResolveCommand) GetWrites() []*TxnWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
+// TxnAbortCommand aborts a transaction on its anchor range if its record
+// is pending and either expired or coordinator is set, or absent (an
+// aborted record is written so that a late prepare fails). The result
+// carries the record as it stands after the command.
+type TxnAbortCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Txn           *TxnMeta               `protobuf:"bytes,1,opt,name=txn,proto3" json:"txn,omitempty"`
+	Coordinator   bool                   `protobuf:"varint,2,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnAbortCommand) Reset() {
+	*x = TxnAbortCommand{}
+	mi := &file_rangekv_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnAbortCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnAbortCommand) ProtoMessage() {}
+
+func (x *TxnAbortCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnAbortCommand.ProtoReflect.Descriptor instead.
+func (*TxnAbortCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TxnAbortCommand) GetTxn() *TxnMeta {
+	if x != nil {
+		return x.Txn
+	}
+	return nil
+}
+
+func (x *TxnAbortCommand) GetCoordinator() bool {
+	if x != nil {
+		return x.Coordinator
+	}
+	return false
+}
+
+// TxnForgetCommand removes a finalized record whose intents are resolved.
+type TxnForgetCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnForgetCommand) Reset() {
+	*x = TxnForgetCommand{}
+	mi := &file_rangekv_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnForgetCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnForgetCommand) ProtoMessage() {}
+
+func (x *TxnForgetCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnForgetCommand.ProtoReflect.Descriptor instead.
+func (*TxnForgetCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TxnForgetCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+// TxnCommandResult is the result of a transaction command.
+type TxnCommandResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prepare_revision is a prepare's revision.
+	PrepareRevision int64 `protobuf:"varint,1,opt,name=prepare_revision,json=prepareRevision,proto3" json:"prepare_revision,omitempty"`
+	// kvs are a prepare's locked spans' live keys (marshaled
+	// mvccpb.KeyValue), in key order.
+	Kvs           [][]byte   `protobuf:"bytes,2,rep,name=kvs,proto3" json:"kvs,omitempty"`
+	Record        *TxnRecord `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnCommandResult) Reset() {
+	*x = TxnCommandResult{}
+	mi := &file_rangekv_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCommandResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCommandResult) ProtoMessage() {}
+
+func (x *TxnCommandResult) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCommandResult.ProtoReflect.Descriptor instead.
+func (*TxnCommandResult) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TxnCommandResult) GetPrepareRevision() int64 {
+	if x != nil {
+		return x.PrepareRevision
+	}
+	return 0
+}
+
+func (x *TxnCommandResult) GetKvs() [][]byte {
+	if x != nil {
+		return x.Kvs
+	}
+	return nil
+}
+
+func (x *TxnCommandResult) GetRecord() *TxnRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+// TxnCommandRequest asks the leader of the range holding key to propose
+// command (the peer-port TxnService).
+type TxnCommandRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Command       *Command               `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnCommandRequest) Reset() {
+	*x = TxnCommandRequest{}
+	mi := &file_rangekv_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCommandRequest) ProtoMessage() {}
+
+func (x *TxnCommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCommandRequest.ProtoReflect.Descriptor instead.
+func (*TxnCommandRequest) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TxnCommandRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnCommandRequest) GetCommand() *Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+type TxnCommandResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        *TxnCommandResult      `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnCommandResponse) Reset() {
+	*x = TxnCommandResponse{}
+	mi := &file_rangekv_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCommandResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCommandResponse) ProtoMessage() {}
+
+func (x *TxnCommandResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCommandResponse.ProtoReflect.Descriptor instead.
+func (*TxnCommandResponse) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TxnCommandResponse) GetResult() *TxnCommandResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *TxnCommandResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // RaftMessage is one raft message (a marshaled raftpb.Message) for a range.
 type RaftMessage struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -785,7 +1685,7 @@ type RaftMessage struct {
 
 func (x *RaftMessage) Reset() {
 	*x = RaftMessage{}
-	mi := &file_rangekv_proto_msgTypes[10]
+	mi := &file_rangekv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +1697,7 @@ func (x *RaftMessage) String() string {
 func (*RaftMessage) ProtoMessage() {}
 
 func (x *RaftMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[10]
+	mi := &file_rangekv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +1710,7 @@ func (x *RaftMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessage.ProtoReflect.Descriptor instead.
 func (*RaftMessage) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{10}
+	return file_rangekv_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RaftMessage) GetRangeId() uint64 {
@@ -880,7 +1780,7 @@ type RaftMessageBatch struct {
 
 func (x *RaftMessageBatch) Reset() {
 	*x = RaftMessageBatch{}
-	mi := &file_rangekv_proto_msgTypes[11]
+	mi := &file_rangekv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1792,7 @@ func (x *RaftMessageBatch) String() string {
 func (*RaftMessageBatch) ProtoMessage() {}
 
 func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[11]
+	mi := &file_rangekv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1805,7 @@ func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessageBatch.ProtoReflect.Descriptor instead.
 func (*RaftMessageBatch) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{11}
+	return file_rangekv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RaftMessageBatch) GetClusterId() uint64 {
@@ -1029,7 +1929,7 @@ type IdleGroupUpdate struct {
 
 func (x *IdleGroupUpdate) Reset() {
 	*x = IdleGroupUpdate{}
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1941,7 @@ func (x *IdleGroupUpdate) String() string {
 func (*IdleGroupUpdate) ProtoMessage() {}
 
 func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[12]
+	mi := &file_rangekv_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1954,7 @@ func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleGroupUpdate.ProtoReflect.Descriptor instead.
 func (*IdleGroupUpdate) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{12}
+	return file_rangekv_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *IdleGroupUpdate) GetGroupId() uint64 {
@@ -1110,7 +2010,7 @@ type IdleGroupJoin struct {
 
 func (x *IdleGroupJoin) Reset() {
 	*x = IdleGroupJoin{}
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +2022,7 @@ func (x *IdleGroupJoin) String() string {
 func (*IdleGroupJoin) ProtoMessage() {}
 
 func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[13]
+	mi := &file_rangekv_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +2035,7 @@ func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleGroupJoin.ProtoReflect.Descriptor instead.
 func (*IdleGroupJoin) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{13}
+	return file_rangekv_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IdleGroupJoin) GetRangeId() uint64 {
@@ -1167,7 +2067,7 @@ type ClosedTimestamp struct {
 
 func (x *ClosedTimestamp) Reset() {
 	*x = ClosedTimestamp{}
-	mi := &file_rangekv_proto_msgTypes[14]
+	mi := &file_rangekv_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +2079,7 @@ func (x *ClosedTimestamp) String() string {
 func (*ClosedTimestamp) ProtoMessage() {}
 
 func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[14]
+	mi := &file_rangekv_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +2092,7 @@ func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedTimestamp.ProtoReflect.Descriptor instead.
 func (*ClosedTimestamp) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{14}
+	return file_rangekv_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ClosedTimestamp) GetRangeId() uint64 {
@@ -1225,7 +2125,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_rangekv_proto_msgTypes[15]
+	mi := &file_rangekv_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +2137,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[15]
+	mi := &file_rangekv_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +2150,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{15}
+	return file_rangekv_proto_rawDescGZIP(), []int{28}
 }
 
 // KeyValue is one raw engine key and value in a snapshot stream.
@@ -1264,7 +2164,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +2176,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +2189,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{16}
+	return file_rangekv_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -1328,7 +2228,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +2240,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +2253,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{17}
+	return file_rangekv_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SnapshotChunk) GetClusterId() uint64 {
@@ -1437,7 +2337,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +2349,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +2362,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{18}
+	return file_rangekv_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SnapshotResponse) GetApplied() bool {
@@ -1498,7 +2398,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +2410,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +2423,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{19}
+	return file_rangekv_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1597,7 +2497,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2509,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2522,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{20}
+	return file_rangekv_proto_rawDescGZIP(), []int{33}
 }
 
 type ListRangesResponse struct {
@@ -1634,7 +2534,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +2546,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +2559,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{21}
+	return file_rangekv_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1678,7 +2578,7 @@ type RangeForKeyRequest struct {
 
 func (x *RangeForKeyRequest) Reset() {
 	*x = RangeForKeyRequest{}
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +2590,7 @@ func (x *RangeForKeyRequest) String() string {
 func (*RangeForKeyRequest) ProtoMessage() {}
 
 func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +2603,7 @@ func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeForKeyRequest.ProtoReflect.Descriptor instead.
 func (*RangeForKeyRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{22}
+	return file_rangekv_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RangeForKeyRequest) GetKey() []byte {
@@ -1722,7 +2622,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +2634,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +2647,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{23}
+	return file_rangekv_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -1767,7 +2667,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +2679,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +2692,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{24}
+	return file_rangekv_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1817,7 +2717,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1829,7 +2729,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1842,7 +2742,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{25}
+	return file_rangekv_proto_rawDescGZIP(), []int{38}
 }
 
 // NodeInfo is a node with what it carries.
@@ -1857,7 +2757,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2769,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2782,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{26}
+	return file_rangekv_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NodeInfo) GetMember() *Member {
@@ -1915,7 +2815,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +2827,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2840,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{27}
+	return file_rangekv_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1960,7 +2860,7 @@ type CloseRangeRequest struct {
 
 func (x *CloseRangeRequest) Reset() {
 	*x = CloseRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2872,7 @@ func (x *CloseRangeRequest) String() string {
 func (*CloseRangeRequest) ProtoMessage() {}
 
 func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2885,7 @@ func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeRequest.ProtoReflect.Descriptor instead.
 func (*CloseRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{28}
+	return file_rangekv_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CloseRangeRequest) GetRangeId() uint64 {
@@ -2011,7 +2911,7 @@ type CloseRangeResponse struct {
 
 func (x *CloseRangeResponse) Reset() {
 	*x = CloseRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2923,7 @@ func (x *CloseRangeResponse) String() string {
 func (*CloseRangeResponse) ProtoMessage() {}
 
 func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2936,7 @@ func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeResponse.ProtoReflect.Descriptor instead.
 func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{29}
+	return file_rangekv_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CloseRangeResponse) GetReadableRevision() int64 {
@@ -2059,7 +2959,7 @@ type MoveLeaderRequest struct {
 
 func (x *MoveLeaderRequest) Reset() {
 	*x = MoveLeaderRequest{}
-	mi := &file_rangekv_proto_msgTypes[30]
+	mi := &file_rangekv_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2971,7 @@ func (x *MoveLeaderRequest) String() string {
 func (*MoveLeaderRequest) ProtoMessage() {}
 
 func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[30]
+	mi := &file_rangekv_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2984,7 @@ func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderRequest.ProtoReflect.Descriptor instead.
 func (*MoveLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{30}
+	return file_rangekv_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MoveLeaderRequest) GetKey() []byte {
@@ -2117,7 +3017,7 @@ type MoveLeaderResponse struct {
 
 func (x *MoveLeaderResponse) Reset() {
 	*x = MoveLeaderResponse{}
-	mi := &file_rangekv_proto_msgTypes[31]
+	mi := &file_rangekv_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +3029,7 @@ func (x *MoveLeaderResponse) String() string {
 func (*MoveLeaderResponse) ProtoMessage() {}
 
 func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[31]
+	mi := &file_rangekv_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +3042,7 @@ func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderResponse.ProtoReflect.Descriptor instead.
 func (*MoveLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{31}
+	return file_rangekv_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *MoveLeaderResponse) GetRange() *RangeInfo {
@@ -2200,7 +3100,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x04left\x18\x01 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x04left\x127\n" +
 	"\x05right\x18\x02 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x05right\"*\n" +
 	"\fCloseCommand\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xcb\x02\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x9d\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\rproposer_node\x18\x02 \x01(\x04R\fproposerNode\x12\x1c\n" +
@@ -2211,7 +3111,68 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x03txn\x18\f \x01(\fR\x03txn\x12:\n" +
 	"\acompact\x18\r \x01(\v2 .rangekv.txnproto.CompactCommandR\acompact\x124\n" +
 	"\x05split\x18\x0e \x01(\v2\x1e.rangekv.txnproto.SplitCommandR\x05split\x124\n" +
-	"\x05close\x18\x0f \x01(\v2\x1e.rangekv.txnproto.CloseCommandR\x05close\"\\\n" +
+	"\x05close\x18\x0f \x01(\v2\x1e.rangekv.txnproto.CloseCommandR\x05close\x12D\n" +
+	"\vtxn_prepare\x18\x10 \x01(\v2#.rangekv.txnproto.TxnPrepareCommandR\n" +
+	"txnPrepare\x12A\n" +
+	"\n" +
+	"txn_commit\x18\x11 \x01(\v2\".rangekv.txnproto.TxnCommitCommandR\ttxnCommit\x12D\n" +
+	"\vtxn_resolve\x18\x12 \x01(\v2#.rangekv.txnproto.TxnResolveCommandR\n" +
+	"txnResolve\x12>\n" +
+	"\ttxn_abort\x18\x13 \x01(\v2!.rangekv.txnproto.TxnAbortCommandR\btxnAbort\x12A\n" +
+	"\n" +
+	"txn_forget\x18\x14 \x01(\v2\".rangekv.txnproto.TxnForgetCommandR\ttxnForget\"w\n" +
+	"\aTxnMeta\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\fR\x02id\x12\x1d\n" +
+	"\n" +
+	"anchor_key\x18\x02 \x01(\fR\tanchorKey\x12 \n" +
+	"\vcoordinator\x18\x03 \x01(\x04R\vcoordinator\x12\x1b\n" +
+	"\texpiry_ms\x18\x04 \x01(\x03R\bexpiryMs\"1\n" +
+	"\aTxnSpan\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\"\x94\x01\n" +
+	"\tTxnIntent\x12+\n" +
+	"\x03txn\x18\x01 \x01(\v2\x19.rangekv.txnproto.TxnMetaR\x03txn\x12/\n" +
+	"\x05spans\x18\x02 \x03(\v2\x19.rangekv.txnproto.TxnSpanR\x05spans\x12)\n" +
+	"\x10prepare_revision\x18\x03 \x01(\x03R\x0fprepareRevision\"`\n" +
+	"\bTxnWrite\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
+	"\x05lease\x18\x03 \x01(\x03R\x05lease\x12\x16\n" +
+	"\x06delete\x18\x04 \x01(\bR\x06delete\"\xee\x01\n" +
+	"\tTxnRecord\x12+\n" +
+	"\x03txn\x18\x01 \x01(\v2\x19.rangekv.txnproto.TxnMetaR\x03txn\x123\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x1b.rangekv.txnproto.TxnStatusR\x06status\x12'\n" +
+	"\x0fcommit_revision\x18\x03 \x01(\x03R\x0ecommitRevision\x122\n" +
+	"\x06writes\x18\x04 \x03(\v2\x1a.rangekv.txnproto.TxnWriteR\x06writes\x12\"\n" +
+	"\fparticipants\x18\x05 \x03(\fR\fparticipants\"`\n" +
+	"\x11TxnPrepareCommand\x123\n" +
+	"\x06intent\x18\x01 \x01(\v2\x1b.rangekv.txnproto.TxnIntentR\x06intent\x12\x16\n" +
+	"\x06anchor\x18\x02 \x01(\bR\x06anchor\"\xaa\x01\n" +
+	"\x10TxnCommitCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12'\n" +
+	"\x0fcommit_revision\x18\x02 \x01(\x03R\x0ecommitRevision\x122\n" +
+	"\x06writes\x18\x03 \x03(\v2\x1a.rangekv.txnproto.TxnWriteR\x06writes\x12\"\n" +
+	"\fparticipants\x18\x04 \x03(\fR\fparticipants\"\x9f\x01\n" +
+	"\x11TxnResolveCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x16\n" +
+	"\x06commit\x18\x02 \x01(\bR\x06commit\x12'\n" +
+	"\x0fcommit_revision\x18\x03 \x01(\x03R\x0ecommitRevision\x122\n" +
+	"\x06writes\x18\x04 \x03(\v2\x1a.rangekv.txnproto.TxnWriteR\x06writes\"`\n" +
+	"\x0fTxnAbortCommand\x12+\n" +
+	"\x03txn\x18\x01 \x01(\v2\x19.rangekv.txnproto.TxnMetaR\x03txn\x12 \n" +
+	"\vcoordinator\x18\x02 \x01(\bR\vcoordinator\")\n" +
+	"\x10TxnForgetCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\"\x84\x01\n" +
+	"\x10TxnCommandResult\x12)\n" +
+	"\x10prepare_revision\x18\x01 \x01(\x03R\x0fprepareRevision\x12\x10\n" +
+	"\x03kvs\x18\x02 \x03(\fR\x03kvs\x123\n" +
+	"\x06record\x18\x03 \x01(\v2\x1b.rangekv.txnproto.TxnRecordR\x06record\"Z\n" +
+	"\x11TxnCommandRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x123\n" +
+	"\acommand\x18\x02 \x01(\v2\x19.rangekv.txnproto.CommandR\acommand\"l\n" +
+	"\x12TxnCommandResponse\x12:\n" +
+	"\x06result\x18\x01 \x01(\v2\".rangekv.txnproto.TxnCommandResultR\x06result\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\\\n" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
@@ -2318,7 +3279,15 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x05range\x18\x01 \x01(\v2\x1b.rangekv.txnproto.RangeInfoR\x05range*%\n" +
 	"\vReplicaType\x12\t\n" +
 	"\x05VOTER\x10\x00\x12\v\n" +
-	"\aLEARNER\x10\x012\xb3\x01\n" +
+	"\aLEARNER\x10\x01*@\n" +
+	"\tTxnStatus\x12\x0f\n" +
+	"\vTXN_PENDING\x10\x00\x12\x11\n" +
+	"\rTXN_COMMITTED\x10\x01\x12\x0f\n" +
+	"\vTXN_ABORTED\x10\x022e\n" +
+	"\n" +
+	"TxnService\x12W\n" +
+	"\n" +
+	"TxnCommand\x12#.rangekv.txnproto.TxnCommandRequest\x1a$.rangekv.txnproto.TxnCommandResponse2\xb3\x01\n" +
 	"\rRaftTransport\x12O\n" +
 	"\vRaftBatches\x12\".rangekv.txnproto.RaftMessageBatch\x1a\x1a.rangekv.txnproto.BatchAck(\x01\x12Q\n" +
 	"\bSnapshot\x12\x1f.rangekv.txnproto.SnapshotChunk\x1a\".rangekv.txnproto.SnapshotResponse(\x012\x94\x04\n" +
@@ -2346,87 +3315,120 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 	return file_rangekv_proto_rawDescData
 }
 
-var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
-	(*ReplicaDescriptor)(nil),  // 1: rangekv.txnproto.ReplicaDescriptor
-	(*RangeDescriptor)(nil),    // 2: rangekv.txnproto.RangeDescriptor
-	(*Member)(nil),             // 3: rangekv.txnproto.Member
-	(*NodeIdent)(nil),          // 4: rangekv.txnproto.NodeIdent
-	(*AppliedState)(nil),       // 5: rangekv.txnproto.AppliedState
-	(*TruncatedState)(nil),     // 6: rangekv.txnproto.TruncatedState
-	(*CompactCommand)(nil),     // 7: rangekv.txnproto.CompactCommand
-	(*SplitCommand)(nil),       // 8: rangekv.txnproto.SplitCommand
-	(*CloseCommand)(nil),       // 9: rangekv.txnproto.CloseCommand
-	(*Command)(nil),            // 10: rangekv.txnproto.Command
-	(*RaftMessage)(nil),        // 11: rangekv.txnproto.RaftMessage
-	(*RaftMessageBatch)(nil),   // 12: rangekv.txnproto.RaftMessageBatch
-	(*IdleGroupUpdate)(nil),    // 13: rangekv.txnproto.IdleGroupUpdate
-	(*IdleGroupJoin)(nil),      // 14: rangekv.txnproto.IdleGroupJoin
-	(*ClosedTimestamp)(nil),    // 15: rangekv.txnproto.ClosedTimestamp
-	(*BatchAck)(nil),           // 16: rangekv.txnproto.BatchAck
-	(*KeyValue)(nil),           // 17: rangekv.txnproto.KeyValue
-	(*SnapshotChunk)(nil),      // 18: rangekv.txnproto.SnapshotChunk
-	(*SnapshotResponse)(nil),   // 19: rangekv.txnproto.SnapshotResponse
-	(*RangeInfo)(nil),          // 20: rangekv.txnproto.RangeInfo
-	(*ListRangesRequest)(nil),  // 21: rangekv.txnproto.ListRangesRequest
-	(*ListRangesResponse)(nil), // 22: rangekv.txnproto.ListRangesResponse
-	(*RangeForKeyRequest)(nil), // 23: rangekv.txnproto.RangeForKeyRequest
-	(*SplitRangeRequest)(nil),  // 24: rangekv.txnproto.SplitRangeRequest
-	(*SplitRangeResponse)(nil), // 25: rangekv.txnproto.SplitRangeResponse
-	(*ListNodesRequest)(nil),   // 26: rangekv.txnproto.ListNodesRequest
-	(*NodeInfo)(nil),           // 27: rangekv.txnproto.NodeInfo
-	(*ListNodesResponse)(nil),  // 28: rangekv.txnproto.ListNodesResponse
-	(*CloseRangeRequest)(nil),  // 29: rangekv.txnproto.CloseRangeRequest
-	(*CloseRangeResponse)(nil), // 30: rangekv.txnproto.CloseRangeResponse
-	(*MoveLeaderRequest)(nil),  // 31: rangekv.txnproto.MoveLeaderRequest
-	(*MoveLeaderResponse)(nil), // 32: rangekv.txnproto.MoveLeaderResponse
+	(TxnStatus)(0),             // 1: rangekv.txnproto.TxnStatus
+	(*ReplicaDescriptor)(nil),  // 2: rangekv.txnproto.ReplicaDescriptor
+	(*RangeDescriptor)(nil),    // 3: rangekv.txnproto.RangeDescriptor
+	(*Member)(nil),             // 4: rangekv.txnproto.Member
+	(*NodeIdent)(nil),          // 5: rangekv.txnproto.NodeIdent
+	(*AppliedState)(nil),       // 6: rangekv.txnproto.AppliedState
+	(*TruncatedState)(nil),     // 7: rangekv.txnproto.TruncatedState
+	(*CompactCommand)(nil),     // 8: rangekv.txnproto.CompactCommand
+	(*SplitCommand)(nil),       // 9: rangekv.txnproto.SplitCommand
+	(*CloseCommand)(nil),       // 10: rangekv.txnproto.CloseCommand
+	(*Command)(nil),            // 11: rangekv.txnproto.Command
+	(*TxnMeta)(nil),            // 12: rangekv.txnproto.TxnMeta
+	(*TxnSpan)(nil),            // 13: rangekv.txnproto.TxnSpan
+	(*TxnIntent)(nil),          // 14: rangekv.txnproto.TxnIntent
+	(*TxnWrite)(nil),           // 15: rangekv.txnproto.TxnWrite
+	(*TxnRecord)(nil),          // 16: rangekv.txnproto.TxnRecord
+	(*TxnPrepareCommand)(nil),  // 17: rangekv.txnproto.TxnPrepareCommand
+	(*TxnCommitCommand)(nil),   // 18: rangekv.txnproto.TxnCommitCommand
+	(*TxnResolveCommand)(nil),  // 19: rangekv.txnproto.TxnResolveCommand
+	(*TxnAbortCommand)(nil),    // 20: rangekv.txnproto.TxnAbortCommand
+	(*TxnForgetCommand)(nil),   // 21: rangekv.txnproto.TxnForgetCommand
+	(*TxnCommandResult)(nil),   // 22: rangekv.txnproto.TxnCommandResult
+	(*TxnCommandRequest)(nil),  // 23: rangekv.txnproto.TxnCommandRequest
+	(*TxnCommandResponse)(nil), // 24: rangekv.txnproto.TxnCommandResponse
+	(*RaftMessage)(nil),        // 25: rangekv.txnproto.RaftMessage
+	(*RaftMessageBatch)(nil),   // 26: rangekv.txnproto.RaftMessageBatch
+	(*IdleGroupUpdate)(nil),    // 27: rangekv.txnproto.IdleGroupUpdate
+	(*IdleGroupJoin)(nil),      // 28: rangekv.txnproto.IdleGroupJoin
+	(*ClosedTimestamp)(nil),    // 29: rangekv.txnproto.ClosedTimestamp
+	(*BatchAck)(nil),           // 30: rangekv.txnproto.BatchAck
+	(*KeyValue)(nil),           // 31: rangekv.txnproto.KeyValue
+	(*SnapshotChunk)(nil),      // 32: rangekv.txnproto.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 33: rangekv.txnproto.SnapshotResponse
+	(*RangeInfo)(nil),          // 34: rangekv.txnproto.RangeInfo
+	(*ListRangesRequest)(nil),  // 35: rangekv.txnproto.ListRangesRequest
+	(*ListRangesResponse)(nil), // 36: rangekv.txnproto.ListRangesResponse
+	(*RangeForKeyRequest)(nil), // 37: rangekv.txnproto.RangeForKeyRequest
+	(*SplitRangeRequest)(nil),  // 38: rangekv.txnproto.SplitRangeRequest
+	(*SplitRangeResponse)(nil), // 39: rangekv.txnproto.SplitRangeResponse
+	(*ListNodesRequest)(nil),   // 40: rangekv.txnproto.ListNodesRequest
+	(*NodeInfo)(nil),           // 41: rangekv.txnproto.NodeInfo
+	(*ListNodesResponse)(nil),  // 42: rangekv.txnproto.ListNodesResponse
+	(*CloseRangeRequest)(nil),  // 43: rangekv.txnproto.CloseRangeRequest
+	(*CloseRangeResponse)(nil), // 44: rangekv.txnproto.CloseRangeResponse
+	(*MoveLeaderRequest)(nil),  // 45: rangekv.txnproto.MoveLeaderRequest
+	(*MoveLeaderResponse)(nil), // 46: rangekv.txnproto.MoveLeaderResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
-	1,  // 1: rangekv.txnproto.RangeDescriptor.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
-	3,  // 2: rangekv.txnproto.NodeIdent.initial_members:type_name -> rangekv.txnproto.Member
-	2,  // 3: rangekv.txnproto.SplitCommand.left:type_name -> rangekv.txnproto.RangeDescriptor
-	2,  // 4: rangekv.txnproto.SplitCommand.right:type_name -> rangekv.txnproto.RangeDescriptor
-	7,  // 5: rangekv.txnproto.Command.compact:type_name -> rangekv.txnproto.CompactCommand
-	8,  // 6: rangekv.txnproto.Command.split:type_name -> rangekv.txnproto.SplitCommand
-	9,  // 7: rangekv.txnproto.Command.close:type_name -> rangekv.txnproto.CloseCommand
-	11, // 8: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
-	15, // 9: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
-	13, // 10: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
-	14, // 11: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
-	5,  // 12: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
-	2,  // 13: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
-	17, // 14: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
-	1,  // 15: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
-	20, // 16: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
-	20, // 17: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
-	20, // 18: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
-	3,  // 19: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
-	27, // 20: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
-	20, // 21: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
-	12, // 22: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	18, // 23: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	21, // 24: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
-	23, // 25: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
-	24, // 26: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
-	26, // 27: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	29, // 28: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
-	31, // 29: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
-	16, // 30: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	19, // 31: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	22, // 32: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	20, // 33: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	25, // 34: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	28, // 35: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	30, // 36: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
-	32, // 37: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	2,  // 1: rangekv.txnproto.RangeDescriptor.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	4,  // 2: rangekv.txnproto.NodeIdent.initial_members:type_name -> rangekv.txnproto.Member
+	3,  // 3: rangekv.txnproto.SplitCommand.left:type_name -> rangekv.txnproto.RangeDescriptor
+	3,  // 4: rangekv.txnproto.SplitCommand.right:type_name -> rangekv.txnproto.RangeDescriptor
+	8,  // 5: rangekv.txnproto.Command.compact:type_name -> rangekv.txnproto.CompactCommand
+	9,  // 6: rangekv.txnproto.Command.split:type_name -> rangekv.txnproto.SplitCommand
+	10, // 7: rangekv.txnproto.Command.close:type_name -> rangekv.txnproto.CloseCommand
+	17, // 8: rangekv.txnproto.Command.txn_prepare:type_name -> rangekv.txnproto.TxnPrepareCommand
+	18, // 9: rangekv.txnproto.Command.txn_commit:type_name -> rangekv.txnproto.TxnCommitCommand
+	19, // 10: rangekv.txnproto.Command.txn_resolve:type_name -> rangekv.txnproto.TxnResolveCommand
+	20, // 11: rangekv.txnproto.Command.txn_abort:type_name -> rangekv.txnproto.TxnAbortCommand
+	21, // 12: rangekv.txnproto.Command.txn_forget:type_name -> rangekv.txnproto.TxnForgetCommand
+	12, // 13: rangekv.txnproto.TxnIntent.txn:type_name -> rangekv.txnproto.TxnMeta
+	13, // 14: rangekv.txnproto.TxnIntent.spans:type_name -> rangekv.txnproto.TxnSpan
+	12, // 15: rangekv.txnproto.TxnRecord.txn:type_name -> rangekv.txnproto.TxnMeta
+	1,  // 16: rangekv.txnproto.TxnRecord.status:type_name -> rangekv.txnproto.TxnStatus
+	15, // 17: rangekv.txnproto.TxnRecord.writes:type_name -> rangekv.txnproto.TxnWrite
+	14, // 18: rangekv.txnproto.TxnPrepareCommand.intent:type_name -> rangekv.txnproto.TxnIntent
+	15, // 19: rangekv.txnproto.TxnCommitCommand.writes:type_name -> rangekv.txnproto.TxnWrite
+	15, // 20: rangekv.txnproto.TxnResolveCommand.writes:type_name -> rangekv.txnproto.TxnWrite
+	12, // 21: rangekv.txnproto.TxnAbortCommand.txn:type_name -> rangekv.txnproto.TxnMeta
+	16, // 22: rangekv.txnproto.TxnCommandResult.record:type_name -> rangekv.txnproto.TxnRecord
+	11, // 23: rangekv.txnproto.TxnCommandRequest.command:type_name -> rangekv.txnproto.Command
+	22, // 24: rangekv.txnproto.TxnCommandResponse.result:type_name -> rangekv.txnproto.TxnCommandResult
+	25, // 25: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
+	29, // 26: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
+	27, // 27: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
+	28, // 28: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
+	6,  // 29: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
+	3,  // 30: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
+	31, // 31: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
+	2,  // 32: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	34, // 33: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
+	34, // 34: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
+	34, // 35: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
+	4,  // 36: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
+	41, // 37: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
+	34, // 38: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
+	23, // 39: rangekv.txnproto.TxnService.TxnCommand:input_type -> rangekv.txnproto.TxnCommandRequest
+	26, // 40: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	32, // 41: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	35, // 42: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	37, // 43: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	38, // 44: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	40, // 45: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	43, // 46: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	45, // 47: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
+	24, // 48: rangekv.txnproto.TxnService.TxnCommand:output_type -> rangekv.txnproto.TxnCommandResponse
+	30, // 49: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	33, // 50: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	36, // 51: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	34, // 52: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	39, // 53: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	42, // 54: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	44, // 55: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	46, // 56: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
+	48, // [48:57] is the sub-list for method output_type
+	39, // [39:48] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -2439,10 +3441,10 @@ func file_rangekv_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   32,
+			NumEnums:      2,
+			NumMessages:   45,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_rangekv_proto_goTypes,
 		DependencyIndexes: file_rangekv_proto_depIdxs,

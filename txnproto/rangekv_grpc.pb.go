@@ -23,6 +23,114 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	TxnService_TxnCommand_FullMethodName = "/rangekv.txnproto.TxnService/TxnCommand"
+)
+
+// TxnServiceClient is the client API for TxnService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// TxnService runs transaction commands on range leaders for coordinators
+// on other nodes (peer port).
+type TxnServiceClient interface {
+	TxnCommand(ctx context.Context, in *TxnCommandRequest, opts ...grpc.CallOption) (*TxnCommandResponse, error)
+}
+
+type txnServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewTxnServiceClient(cc grpc.ClientConnInterface) TxnServiceClient {
+	return &txnServiceClient{cc}
+}
+
+func (c *txnServiceClient) TxnCommand(ctx context.Context, in *TxnCommandRequest, opts ...grpc.CallOption) (*TxnCommandResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TxnCommandResponse)
+	err := c.cc.Invoke(ctx, TxnService_TxnCommand_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// TxnServiceServer is the server API for TxnService service.
+// All implementations must embed UnimplementedTxnServiceServer
+// for forward compatibility.
+//
+// TxnService runs transaction commands on range leaders for coordinators
+// on other nodes (peer port).
+type TxnServiceServer interface {
+	TxnCommand(context.Context, *TxnCommandRequest) (*TxnCommandResponse, error)
+	mustEmbedUnimplementedTxnServiceServer()
+}
+
+// UnimplementedTxnServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedTxnServiceServer struct{}
+
+func (UnimplementedTxnServiceServer) TxnCommand(context.Context, *TxnCommandRequest) (*TxnCommandResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TxnCommand not implemented")
+}
+func (UnimplementedTxnServiceServer) mustEmbedUnimplementedTxnServiceServer() {}
+func (UnimplementedTxnServiceServer) testEmbeddedByValue()                    {}
+
+// UnsafeTxnServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to TxnServiceServer will
+// result in compilation errors.
+type UnsafeTxnServiceServer interface {
+	mustEmbedUnimplementedTxnServiceServer()
+}
+
+func RegisterTxnServiceServer(s grpc.ServiceRegistrar, srv TxnServiceServer) {
+	// If the following call panics, it indicates UnimplementedTxnServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&TxnService_ServiceDesc, srv)
+}
+
+func _TxnService_TxnCommand_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TxnCommandRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TxnServiceServer).TxnCommand(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TxnService_TxnCommand_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TxnServiceServer).TxnCommand(ctx, req.(*TxnCommandRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// TxnService_ServiceDesc is the grpc.ServiceDesc for TxnService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var TxnService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "rangekv.txnproto.TxnService",
+	HandlerType: (*TxnServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "TxnCommand",
+			Handler:    _TxnService_TxnCommand_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "rangekv.proto",
+}
+
+const (
 	RaftTransport_RaftBatches_FullMethodName = "/rangekv.txnproto.RaftTransport/RaftBatches"
 	RaftTransport_Snapshot_FullMethodName    = "/rangekv.txnproto.RaftTransport/Snapshot"
 )

@@ -1,0 +1,493 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	gofail "go.etcd.io/gofail/runtime"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Cross-range transactions (docs/transactions.md). The node that receives
+// a Txn or DeleteRange whose keys lie in several ranges coordinates it:
+//
+//  1. prepare: every participant range locks the spans the txn reads or
+//     writes there (an intent) and returns their live keys and its
+//     prepare revision P; the anchor range (holding the first key) also
+//     writes a pending transaction record. All in parallel.
+//  2. evaluate: the coordinator runs the txn, exactly as a one-range txn
+//     runs, over the union of those keys at R = max(P) (nothing changes
+//     them while the intents hold).
+//  3. commit: the anchor flips the record to committed at R with every
+//     write, and applies its own share, in one command. That is the
+//     commit point; the client is answered.
+//  4. resolve: the other participants apply their shares at R and drop
+//     their intents, asynchronously; then the record is forgotten.
+//
+// A coordinator that dies leaves intents that the participants' leaders
+// resolve themselves (intentResolver): they push the record, which
+// commits their share if it is committed, and aborts it if it is pending
+// past its expiry.
+
+// txnExpiry bounds how long a pending transaction holds its locks: after
+// it anyone may abort the record, and no prepare of it applies.
+const txnExpiry = 2 * time.Second
+
+// Failpoint nodeTxnAfterPrepare: a coordinator has every intent and the
+// pending record but has not committed (tests SIGKILL it there).
+var fpTxnAfterPrepare = gofail.NewFailpoint("nodeTxnAfterPrepare")
+
+// errTxnRetry reports a transaction attempt that must start over: a
+// participant's keys are locked by another transaction, its record was
+// aborted by a pusher, or a split moved its keys.
+var errTxnRetry = errors.New("rangekv: transaction attempt must retry")
+
+// participant is one range of a cross-range transaction.
+type participant struct {
+	key    []byte // a span key in the range, to route by
+	spans  []*txnproto.TxnSpan
+	prep   *txnproto.TxnCommandResult
+	err    error
+	anchor bool
+}
+
+// evalEngine returns the node's empty in-memory engine, over which
+// coordinators evaluate transactions in throwaway batches.
+func (n *Node) evalEngine() (*pebble.DB, error) {
+	n.evalOnce.Do(func() {
+		n.evalDB, n.evalErr = pebble.Open("", &pebble.Options{FS: vfs.NewMem()})
+	})
+	return n.evalDB, n.evalErr
+}
+
+// crossRangeTxn runs req, whose keys lie in several ranges, atomically at
+// one revision.
+func (s *kvServer) crossRangeTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := crossRangeSupported(req); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
+	defer cancel()
+	backoff := time.Millisecond
+	for {
+		resp, err := s.txnAttempt(ctx, req)
+		if !errors.Is(err, errTxnRetry) && !errors.Is(err, errStaleRange) {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, rpctypes.ErrGRPCTimeout
+		case <-time.After(backoff/2 + rand.N(backoff)):
+			backoff = min(2*backoff, 50*time.Millisecond)
+		}
+	}
+}
+
+// crossRangeSupported refuses what the cross-range path does not
+// evaluate: a Range inside the txn at an older revision (the prepares
+// return only the newest versions).
+func crossRangeSupported(req *pb.TxnRequest) error {
+	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range ops {
+			switch v := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if v.RequestRange.Revision != 0 {
+					return status.Error(codes.Unimplemented,
+						"rangekv: a Range at a revision inside a transaction over several ranges is not supported")
+				}
+			case *pb.RequestOp_RequestTxn:
+				if err := crossRangeSupported(v.RequestTxn); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// participants splits the txn's spans by the local view of the ranges.
+func (n *Node) participants(req *pb.TxnRequest) ([]*participant, error) {
+	var out []*participant
+	byRange := map[uint64]*participant{}
+	var err error
+	txnSpans(req, func(start, end []byte) {
+		if err != nil || bytes.Compare(start, end) >= 0 {
+			return
+		}
+		var rs []*rangeraft.Replica
+		if rs, err = n.spanRanges(start, end); err != nil {
+			return
+		}
+		for _, r := range rs {
+			rstart, rend := r.Span()
+			s, e := start, end
+			if bytes.Compare(s, rstart) < 0 {
+				s = rstart
+			}
+			if bytes.Compare(e, rend) > 0 {
+				e = rend
+			}
+			p := byRange[r.RangeID]
+			if p == nil {
+				p = &participant{key: s, anchor: len(out) == 0}
+				byRange[r.RangeID] = p
+				out = append(out, p)
+			}
+			p.spans = append(p.spans, &txnproto.TxnSpan{Start: bytes.Clone(s), End: bytes.Clone(e)})
+		}
+	})
+	return out, err
+}
+
+func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	n := s.n
+	parts, err := n.participants(req)
+	if err != nil {
+		return nil, err
+	}
+	id := make([]byte, 16)
+	_, _ = crand.Read(id)
+	meta := &txnproto.TxnMeta{Id: id, AnchorKey: parts[0].key, Coordinator: n.id,
+		ExpiryMs: time.Now().Add(txnExpiry).UnixMilli()}
+
+	// 1. Prepare everywhere at once.
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.prep, _, p.err = n.txnCommand(ctx, p.key, &txnproto.Command{TxnPrepare: &txnproto.TxnPrepareCommand{
+				Intent: &txnproto.TxnIntent{Txn: meta, Spans: p.spans}, Anchor: p.anchor}})
+		}()
+	}
+	wg.Wait()
+	for _, p := range parts {
+		if p.err != nil {
+			n.abortTxn(meta, parts)
+			return nil, p.err
+		}
+	}
+	_, _ = fpTxnAfterPrepare.Acquire()
+
+	// 2. Evaluate at R over the locked keys.
+	commitRev := int64(0)
+	for _, p := range parts {
+		commitRev = max(commitRev, p.prep.PrepareRevision)
+	}
+	resp, writes, err := n.evaluateTxn(req, parts, commitRev)
+	if err != nil {
+		n.abortTxn(meta, parts)
+		return nil, err
+	}
+	if len(writes) == 0 {
+		// Nothing to write: the compares and reads held at every revision
+		// from the last prepare until the locks go.
+		n.abortTxn(meta, parts)
+	} else {
+		// 3. Commit on the anchor.
+		var others [][]byte
+		for _, p := range parts[1:] {
+			others = append(others, p.key)
+		}
+		_, _, err = n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnCommit: &txnproto.TxnCommitCommand{
+			TxnId: id, CommitRevision: commitRev, Writes: writes, Participants: others}})
+		if err != nil {
+			if errors.Is(err, errTxnRetry) {
+				// Aborted by a pusher past its expiry: nothing applied.
+				n.abortTxn(meta, parts)
+			}
+			return nil, err
+		}
+		// 4. Resolve the others in the background.
+		n.goBackground(func() { n.resolveParticipants(meta, true, commitRev, writes, others) })
+	}
+	if err := n.store.WaitClockQuorum(ctx, commitRev); err != nil {
+		return nil, err
+	}
+	resp.Header = n.header(commitRev, 0)
+	fillTxnHeaders(resp, resp.Header)
+	return resp, nil
+}
+
+// evaluateTxn runs req at rev over the participants' locked keys and
+// returns etcd's response and the writes, in operation order.
+func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64) (*pb.TxnResponse, []*txnproto.TxnWrite, error) {
+	db, err := n.evalEngine()
+	if err != nil {
+		return nil, nil, err
+	}
+	b := db.NewIndexedBatch()
+	defer b.Close()
+	for _, p := range parts {
+		kvs := make([]*mvccpb.KeyValue, 0, len(p.prep.Kvs))
+		for _, data := range p.prep.Kvs {
+			kv := &mvccpb.KeyValue{}
+			if err := proto.Unmarshal(data, kv); err != nil {
+				return nil, nil, err
+			}
+			kvs = append(kvs, kv)
+		}
+		if err := kvstore.LoadSnapshotKVs(b, kvstore.UserKeys, kvs); err != nil {
+			return nil, nil, err
+		}
+	}
+	wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: kvstore.UserKeys,
+		Span: kvstore.Span{Start: kvstore.UserSpanStart, End: kvstore.UserSpanEnd}}
+	resp, err := kvstore.ApplyTxn(wb, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	writes := make([]*txnproto.TxnWrite, 0, len(wb.Events))
+	for _, ev := range wb.Events {
+		w := &txnproto.TxnWrite{Key: kvstore.UserSpanKey(ev.Kv.Key)}
+		if ev.Type == mvccpb.Event_DELETE {
+			w.Delete = true
+		} else {
+			w.Value, w.Lease = ev.Kv.Value, ev.Kv.Lease
+		}
+		writes = append(writes, w)
+	}
+	return resp, writes, nil
+}
+
+// abortTxn releases an attempt's locks: the anchor's record is aborted
+// (or written aborted, so a late prepare fails), then the other
+// participants' intents go. It runs in the background; what it misses,
+// the participants' intent resolvers finish.
+func (n *Node) abortTxn(meta *txnproto.TxnMeta, parts []*participant) {
+	var others [][]byte
+	for _, p := range parts[1:] {
+		others = append(others, p.key)
+	}
+	n.goBackground(func() {
+		ctx, cancel := context.WithTimeout(n.stopContext(), n.reqTimeout)
+		defer cancel()
+		if _, _, err := n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{
+			Txn: meta, Coordinator: true}}); err != nil {
+			n.log.Debug("transaction abort failed; intents resolve on expiry",
+				zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
+			return
+		}
+		n.resolveParticipants(meta, false, 0, nil, others)
+	})
+}
+
+// resolveParticipants resolves the intents of a finalized transaction on
+// the ranges holding keys, then forgets its record once all succeeded.
+func (n *Node) resolveParticipants(meta *txnproto.TxnMeta, commit bool, commitRev int64, writes []*txnproto.TxnWrite, keys [][]byte) bool {
+	ctx, cancel := context.WithTimeout(n.stopContext(), n.reqTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(keys))
+	for i, key := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []*txnproto.TxnWrite
+			if commit {
+				mine = writes // the participant applies those inside its span
+			}
+			_, _, errs[i] = n.txnCommand(ctx, key, &txnproto.Command{TxnResolve: &txnproto.TxnResolveCommand{
+				TxnId: meta.Id, Commit: commit, CommitRevision: commitRev, Writes: mine}})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		n.log.Debug("transaction resolution incomplete; the resolvers finish it",
+			zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
+		return false
+	}
+	_, _, err := n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnForget: &txnproto.TxnForgetCommand{TxnId: meta.Id}})
+	return err == nil
+}
+
+// stopContext is a context cancelled when the node stops.
+func (n *Node) stopContext() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-n.stopc:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return ctx
+}
+
+// txnCommand proposes a transaction command on the leader of the range
+// holding the span key key (forwarding to it over the peer TxnService)
+// and returns its result and revision. Conflicts, aborts and moved keys
+// come back as errTxnRetry.
+func (n *Node) txnCommand(ctx context.Context, key []byte, cmd *txnproto.Command) (*txnproto.TxnCommandResult, int64, error) {
+	s := &kvServer{n: n}
+	route := func() (*rangeraft.Replica, error) {
+		if r := n.store.ReplicaForKey(key); r != nil {
+			return r, nil
+		}
+		return nil, errStaleRange
+	}
+	resp, err := onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.TxnCommandResponse, error) {
+		return n.txnCommandLocal(ctx, r, cmd)
+	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*txnproto.TxnCommandResponse, error) {
+		return txnproto.NewTxnServiceClient(cc).TxnCommand(ctx, &txnproto.TxnCommandRequest{Key: key, Command: cmd})
+	})
+	if err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.Aborted && strings.HasPrefix(st.Message(), txnRetryPrefix) {
+			return nil, 0, errTxnRetry
+		}
+		return nil, 0, err
+	}
+	return resp.Result, resp.Revision, nil
+}
+
+// txnRetryPrefix starts the message of the Aborted status that carries
+// errTxnRetry across nodes.
+const txnRetryPrefix = "rangekv: transaction conflict"
+
+// txnCommandLocal proposes cmd on r, the range's leader here. A clock
+// round first stamps it above every revision acknowledged before.
+func (n *Node) txnCommandLocal(ctx context.Context, r *rangeraft.Replica, cmd *txnproto.Command) (*txnproto.TxnCommandResponse, error) {
+	if err := r.CheckLeader(); err != nil {
+		return nil, err
+	}
+	if _, err := n.store.ClockRound(ctx); err != nil {
+		return nil, err
+	}
+	res, err := r.Propose(ctx, proto.Clone(cmd).(*txnproto.Command))
+	if err != nil && res.Err == nil {
+		return nil, err // not applied (or not known to be)
+	}
+	var conflict *rangeraft.IntentConflictError
+	switch {
+	case res.Err == nil:
+	case errors.As(res.Err, &conflict), errors.Is(res.Err, rangeraft.ErrTxnAborted),
+		errors.Is(res.Err, rangeraft.ErrTxnNotFound), errors.Is(res.Err, kvstore.ErrKeyOutsideSpan):
+		return nil, status.Errorf(codes.Aborted, "%s: %v", txnRetryPrefix, res.Err)
+	default:
+		return nil, res.Err
+	}
+	out := &txnproto.TxnCommandResponse{Revision: res.Revision}
+	if tr, ok := res.Response.(*txnproto.TxnCommandResult); ok {
+		out.Result = tr
+	}
+	return out, nil
+}
+
+// txnServer is the peer-port TxnService: it runs commands forwarded by
+// coordinators on the named range.
+type txnServer struct {
+	txnproto.UnimplementedTxnServiceServer
+	n *Node
+}
+
+// TxnCommand implements txnproto.TxnServiceServer.
+func (t *txnServer) TxnCommand(ctx context.Context, req *txnproto.TxnCommandRequest) (*txnproto.TxnCommandResponse, error) {
+	if req.Command == nil || req.Command.TxnPrepare == nil && req.Command.TxnCommit == nil &&
+		req.Command.TxnResolve == nil && req.Command.TxnAbort == nil && req.Command.TxnForget == nil {
+		return nil, status.Error(codes.InvalidArgument, "rangekv: TxnCommand needs one transaction command")
+	}
+	s := &kvServer{n: t.n, peer: true}
+	return onLeader(ctx, s, s.route(ctx, nil), true, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.TxnCommandResponse, error) {
+		return t.n.txnCommandLocal(ctx, r, req.Command)
+	}, func(context.Context, grpc.ClientConnInterface) (*txnproto.TxnCommandResponse, error) {
+		return nil, status.Error(codes.Internal, "rangekv: peer requests are not forwarded")
+	})
+}
+
+// intentResolver resolves intents whose coordinator has gone quiet, on
+// the ranges this node leads, and forgets old finalized records whose
+// participants it resolved (docs/transactions.md, "Recovery").
+func (n *Node) intentResolver() (time.Duration, func()) {
+	var mu sync.Mutex
+	pushed := map[string]time.Time{}
+	return 200 * time.Millisecond, func() {
+		now := time.Now()
+		for _, r := range n.store.Replicas() {
+			if !r.Status().IsLeader {
+				continue
+			}
+			for _, in := range r.Intents() {
+				id := string(in.Intent.Txn.GetId())
+				mu.Lock()
+				last, seen := pushed[id]
+				due := now.Sub(in.Since) > 500*time.Millisecond && (!seen || now.Sub(last) > 500*time.Millisecond)
+				if due {
+					pushed[id] = now
+				}
+				mu.Unlock()
+				if due {
+					n.pushIntent(r, in.Intent)
+				}
+			}
+			for _, rec := range r.Records() {
+				if rec.Record.Status != txnproto.TxnStatus_TXN_PENDING && now.Sub(rec.Since) > 5*time.Second {
+					n.finishRecord(rec.Record)
+				}
+			}
+		}
+		mu.Lock()
+		for id, t := range pushed {
+			if now.Sub(t) > time.Minute {
+				delete(pushed, id)
+			}
+		}
+		mu.Unlock()
+	}
+}
+
+// pushIntent learns the fate of in's transaction from its record
+// (aborting it if it is pending past its expiry) and resolves the intent
+// on r's range accordingly.
+func (n *Node) pushIntent(r *rangeraft.Replica, in *txnproto.TxnIntent) {
+	ctx, cancel := context.WithTimeout(n.stopContext(), n.reqTimeout)
+	defer cancel()
+	res, _, err := n.txnCommand(ctx, in.Txn.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{Txn: in.Txn}})
+	if err != nil || res == nil || res.Record == nil {
+		return
+	}
+	rec := res.Record
+	var resolve *txnproto.TxnResolveCommand
+	switch rec.Status {
+	case txnproto.TxnStatus_TXN_COMMITTED:
+		resolve = &txnproto.TxnResolveCommand{TxnId: in.Txn.Id, Commit: true, CommitRevision: rec.CommitRevision, Writes: rec.Writes}
+	case txnproto.TxnStatus_TXN_ABORTED:
+		resolve = &txnproto.TxnResolveCommand{TxnId: in.Txn.Id}
+	default:
+		return // pending and not expired: its coordinator is at work
+	}
+	start, _ := r.Span()
+	if _, _, err := n.txnCommand(ctx, start, &txnproto.Command{TxnResolve: resolve}); err == nil {
+		n.log.Info("resolved an intent left by its coordinator", zap.Uint64("range-id", r.RangeID),
+			zap.String("txn", kvstore.TxnIDString(in.Txn.Id)), zap.Stringer("status", rec.Status))
+	}
+}
+
+// finishRecord resolves every participant of a finalized record and then
+// forgets it (a resolve is idempotent).
+func (n *Node) finishRecord(rec *txnproto.TxnRecord) {
+	commit := rec.Status == txnproto.TxnStatus_TXN_COMMITTED
+	if !commit && time.Now().UnixMilli() < rec.Txn.GetExpiryMs()+n.cfg.MaxClockOffset.Milliseconds() {
+		// A prepare could still apply; the record must stay aborted.
+		return
+	}
+	n.resolveParticipants(rec.Txn, commit, rec.CommitRevision, rec.Writes, rec.Participants)
+}

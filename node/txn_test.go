@@ -1,0 +1,84 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestCrossRangeTxn runs transactions over keys of two ranges through
+// every node: compares on both sides decide the branch, both writes get
+// one revision, a watch over both ranges delivers them in one response,
+// and a delete over both ranges removes every key at one revision.
+func TestCrossRangeTxn(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	_, _, err := lead.node().splitAt(ctxT(t, testWait), []byte("m"))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	cli := c.members[0].client
+	a, err := cli.Put(ctx, "a", "1")
+	require.NoError(t, err)
+	z, err := cli.Put(ctx, "z", "1")
+	require.NoError(t, err)
+
+	wch := cli.Watch(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(z.Header.Revision+1))
+	for i, m := range c.members {
+		resp, err := m.client.Txn(ctx).If(
+			clientv3.Compare(clientv3.Value("a"), "=", fmt.Sprint(i+1)),
+			clientv3.Compare(clientv3.Value("z"), "=", fmt.Sprint(i+1)),
+		).Then(
+			clientv3.OpPut("a", fmt.Sprint(i+2)), clientv3.OpPut("z", fmt.Sprint(i+2), clientv3.WithPrevKV()), clientv3.OpGet("a"),
+		).Else(clientv3.OpGet("a")).Commit()
+		require.NoError(t, err, "node %d", i)
+		require.True(t, resp.Succeeded, "node %d", i)
+		rev := resp.Header.Revision
+		require.Greater(t, rev, z.Header.Revision)
+		require.Equal(t, fmt.Sprint(i+1), string(resp.Responses[1].GetResponsePut().PrevKv.Value))
+		require.Equal(t, fmt.Sprint(i+2), string(resp.Responses[2].GetResponseRange().Kvs[0].Value))
+		require.Equal(t, rev, resp.Responses[2].GetResponseRange().Kvs[0].ModRevision)
+
+		got, err := m.client.Get(ctx, "z")
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprint(i+2), string(got.Kvs[0].Value))
+		require.Equal(t, rev, got.Kvs[0].ModRevision)
+		require.Equal(t, a.Header.Revision, mustGet(t, m.client, "a").Kvs[0].CreateRevision)
+
+		wr := <-wch
+		require.NoError(t, wr.Err())
+		require.Len(t, wr.Events, 2, "node %d: both writes in one response", i)
+		for _, ev := range wr.Events {
+			require.Equal(t, rev, ev.Kv.ModRevision)
+		}
+	}
+	// A failing compare on one side: nothing written.
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("z"), "=", "nope")).
+		Then(clientv3.OpPut("a", "x"), clientv3.OpPut("z", "x")).Else(clientv3.OpGet("a"), clientv3.OpGet("z")).Commit()
+	require.NoError(t, err)
+	require.False(t, resp.Succeeded)
+	require.Equal(t, "4", string(resp.Responses[1].GetResponseRange().Kvs[0].Value))
+
+	// DeleteRange over both ranges.
+	del, err := c.members[1].client.Delete(ctx, "", clientv3.WithFromKey(), clientv3.WithPrevKV())
+	require.NoError(t, err)
+	require.EqualValues(t, 2, del.Deleted)
+	require.Len(t, del.PrevKvs, 2)
+	all, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	require.NoError(t, err)
+	require.Zero(t, all.Count)
+	wr := <-wch
+	require.NoError(t, wr.Err())
+	require.Len(t, wr.Events, 2)
+}
+
+func mustGet(t *testing.T, cli *clientv3.Client, key string) *clientv3.GetResponse {
+	t.Helper()
+	resp, err := cli.Get(ctxT(t, testWait), key)
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1)
+	return resp
+}

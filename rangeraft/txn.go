@@ -1,0 +1,514 @@
+package rangeraft
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/rangekv/rangekv/hlc"
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// A range's share of cross-range transactions (docs/transactions.md): the
+// intents it holds as a participant and the records it holds as an
+// anchor. Both are replicated state, changed only by applying the Txn*
+// commands, persisted under the range's local keys and carried by
+// snapshots.
+//
+// Invariants maintained here:
+//   - A write command (put, delete, one-range txn, prepare) whose keys
+//     overlap another transaction's intent fails at apply with
+//     *IntentConflictError and writes nothing.
+//   - While an intent prepared at P exists, the range's readable revision
+//     stays below P, and events at or above P are held back from the feed
+//     (Replica.held) until every intent below them resolved: the commit
+//     revision R >= P may be below revisions the range applied since, and
+//     watchers and readers must never have passed it.
+//   - A prepare applies only at or before its transaction's expiry; an
+//     abort of a pending record applies only after it (or from the
+//     coordinator); commit and abort are decided by the record's first
+//     transition in the anchor's log, so exactly one wins.
+//   - A range with intents or records does not split.
+
+// txnTable is a replica's transaction state, keyed by transaction ID. An
+// installed table (Replica.txns) is never modified: apply copies it first.
+type txnTable struct {
+	intents map[string]*txnproto.TxnIntent
+	records map[string]*txnproto.TxnRecord
+	// minPrepare is the lowest prepare revision among intents (0: none).
+	minPrepare int64
+}
+
+func (t *txnTable) empty() bool {
+	return t == nil || len(t.intents) == 0 && len(t.records) == 0
+}
+
+func (t *txnTable) clone() *txnTable {
+	out := &txnTable{intents: map[string]*txnproto.TxnIntent{}, records: map[string]*txnproto.TxnRecord{}}
+	if t != nil {
+		for k, v := range t.intents {
+			out.intents[k] = v
+		}
+		for k, v := range t.records {
+			out.records[k] = v
+		}
+		out.minPrepare = t.minPrepare
+	}
+	return out
+}
+
+func (t *txnTable) recompute() {
+	t.minPrepare = 0
+	for _, in := range t.intents {
+		if t.minPrepare == 0 || in.PrepareRevision < t.minPrepare {
+			t.minPrepare = in.PrepareRevision
+		}
+	}
+}
+
+// conflict returns an intent of a transaction other than self overlapping
+// [start, end), or nil.
+func (t *txnTable) conflict(self string, start, end []byte) *txnproto.TxnIntent {
+	if t == nil {
+		return nil
+	}
+	for id, in := range t.intents {
+		if id == self {
+			continue
+		}
+		for _, s := range in.Spans {
+			if bytes.Compare(start, s.End) < 0 && bytes.Compare(s.Start, end) < 0 {
+				return in
+			}
+		}
+	}
+	return nil
+}
+
+// loadTxnTable reads a range's intents and records from rd.
+func loadTxnTable(rd pebble.Reader, rangeID uint64) (*txnTable, error) {
+	t := &txnTable{intents: map[string]*txnproto.TxnIntent{}, records: map[string]*txnproto.TxnRecord{}}
+	for _, span := range [][2][]byte{spanOf(kvstore.IntentSpan(rangeID)), spanOf(kvstore.TxnRecordSpan(rangeID))} {
+		it, err := rd.NewIter(&pebble.IterOptions{LowerBound: span[0], UpperBound: span[1]})
+		if err != nil {
+			return nil, err
+		}
+		for ok := it.First(); ok; ok = it.Next() {
+			if err := t.add(rangeID, it.Key(), it.Value()); err != nil {
+				it.Close()
+				return nil, err
+			}
+		}
+		if err := it.Close(); err != nil {
+			return nil, err
+		}
+	}
+	t.recompute()
+	return t, nil
+}
+
+func spanOf(start, end []byte) [2][]byte { return [2][]byte{start, end} }
+
+// add decodes one persisted intent or record (key under the range's
+// local prefix) into t; other keys are ignored.
+func (t *txnTable) add(rangeID uint64, key, value []byte) error {
+	prefix := kvstore.RangeLocalPrefix(rangeID)
+	if !bytes.HasPrefix(key, prefix) || len(key) <= len(prefix) {
+		return nil
+	}
+	id := string(key[len(prefix)+1:])
+	switch key[len(prefix)] {
+	case 'i':
+		in := &txnproto.TxnIntent{}
+		if err := proto.Unmarshal(value, in); err != nil {
+			return fmt.Errorf("range %d: corrupt intent %x: %w", rangeID, id, err)
+		}
+		t.intents[id] = in
+	case 'x':
+		rec := &txnproto.TxnRecord{}
+		if err := proto.Unmarshal(value, rec); err != nil {
+			return fmt.Errorf("range %d: corrupt transaction record %x: %w", rangeID, id, err)
+		}
+		t.records[id] = rec
+	}
+	return nil
+}
+
+// IntentConflictError is the result of a write whose keys overlap an
+// intent of a cross-range transaction on the range. Nothing was written;
+// the proposer waits for the intent to resolve (Replica.WaitIntent) or
+// pushes its transaction, then retries.
+type IntentConflictError struct {
+	RangeID uint64
+	Txn     *txnproto.TxnMeta
+}
+
+func (e *IntentConflictError) Error() string {
+	return fmt.Sprintf("rangekv: range %d: keys locked by transaction %s", e.RangeID, kvstore.TxnIDString(e.Txn.GetId()))
+}
+
+// Errors of transaction commands.
+var (
+	// ErrTxnAborted: the transaction's record is aborted (or the prepare
+	// came after its expiry); the coordinator must not commit.
+	ErrTxnAborted = errors.New("rangekv: transaction aborted")
+	// ErrTxnNotFound: a commit found no pending record.
+	ErrTxnNotFound = errors.New("rangekv: transaction record not found")
+	// ErrSplitBlockedByTxn: a split of a range holding intents or
+	// records; the splitter retries once they resolve.
+	ErrSplitBlockedByTxn = errors.New("rangekv: range has unresolved transactions; retry the split")
+)
+
+// txnApply is the outcome of one transaction command in stageApply.
+type txnApply struct {
+	resp proto.Message
+	// events written at evRev (a commit or resolve).
+	events []*mvccpb.Event
+	evRev  int64
+	delta  kvstore.Stats
+	// closeAt is a revision the command closes the range at (a prepare).
+	closeAt int64
+}
+
+// physicalMS is the wall time of an HLC timestamp in Unix milliseconds.
+func physicalMS(ts int64) int64 { return hlc.Physical(ts) }
+
+// applyTxnCommand stages a Txn* command of the replica, applied at rev
+// (the command's own revision), against table t (a private copy). The
+// writes of a commit or resolve are at the transaction's commit revision.
+func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Command, rev int64,
+	span kvstore.Span, compactRev int64) (txnApply, error) {
+	var out txnApply
+	switch {
+	case cmd.TxnPrepare != nil:
+		in := cmd.TxnPrepare.Intent
+		id := string(in.GetTxn().GetId())
+		if physicalMS(cmd.Timestamp) > in.GetTxn().GetExpiryMs() {
+			return out, ErrTxnAborted
+		}
+		for _, s := range in.Spans {
+			if bytes.Compare(s.Start, span.Start) < 0 || bytes.Compare(s.End, span.End) > 0 || bytes.Compare(s.Start, s.End) >= 0 {
+				return out, kvstore.ErrKeyOutsideSpan
+			}
+			if c := t.conflict(id, s.Start, s.End); c != nil {
+				return out, &IntentConflictError{RangeID: r.RangeID, Txn: c.Txn}
+			}
+		}
+		if cmd.TxnPrepare.Anchor {
+			if rec, ok := t.records[id]; ok && rec.Status != txnproto.TxnStatus_TXN_PENDING {
+				return out, ErrTxnAborted
+			}
+		}
+		res := &txnproto.TxnCommandResult{PrepareRevision: rev}
+		if old, ok := t.intents[id]; ok {
+			// A retried prepare: the lock is held already.
+			res.PrepareRevision = old.PrepareRevision
+		} else {
+			in = proto.Clone(in).(*txnproto.TxnIntent)
+			in.PrepareRevision = rev
+			if err := setProto(b, kvstore.IntentKey(r.RangeID, in.Txn.Id), in); err != nil {
+				return out, err
+			}
+			t.intents[id] = in
+			out.closeAt = rev
+			if cmd.TxnPrepare.Anchor {
+				rec := &txnproto.TxnRecord{Txn: in.Txn, Status: txnproto.TxnStatus_TXN_PENDING}
+				if err := setProto(b, kvstore.TxnRecordKey(r.RangeID, in.Txn.Id), rec); err != nil {
+					return out, err
+				}
+				t.records[id] = rec
+			}
+		}
+		// The locked spans' live keys, read through b (earlier commands
+		// of this pass included): nothing changes them until the intent
+		// resolves.
+		for _, s := range in.Spans {
+			var ferr error
+			if _, err := kvstore.MVCCScan(b, s.Start, s.End, 0, 0, func(kv *mvccpb.KeyValue) bool {
+				data, err := proto.Marshal(kv)
+				if err != nil {
+					ferr = err
+					return false
+				}
+				res.Kvs = append(res.Kvs, data)
+				return true
+			}); err != nil || ferr != nil {
+				return out, errors.Join(err, ferr)
+			}
+		}
+		out.resp = res
+		t.recompute()
+	case cmd.TxnCommit != nil:
+		c := cmd.TxnCommit
+		id := string(c.TxnId)
+		rec, ok := t.records[id]
+		switch {
+		case !ok:
+			return out, ErrTxnNotFound
+		case rec.Status == txnproto.TxnStatus_TXN_COMMITTED && rec.CommitRevision == c.CommitRevision:
+			out.resp = &txnproto.TxnCommandResult{Record: rec}
+			return out, nil // a retried commit
+		case rec.Status != txnproto.TxnStatus_TXN_PENDING:
+			return out, ErrTxnAborted
+		}
+		rec = &txnproto.TxnRecord{Txn: rec.Txn, Status: txnproto.TxnStatus_TXN_COMMITTED,
+			CommitRevision: c.CommitRevision, Writes: c.Writes, Participants: c.Participants}
+		if err := r.resolveIntent(b, t, id, true, c.CommitRevision, c.Writes, span, compactRev, &out); err != nil {
+			return out, err
+		}
+		if err := setProto(b, kvstore.TxnRecordKey(r.RangeID, rec.Txn.Id), rec); err != nil {
+			return out, err
+		}
+		t.records[id] = rec
+		out.resp = &txnproto.TxnCommandResult{Record: rec}
+	case cmd.TxnResolve != nil:
+		c := cmd.TxnResolve
+		if err := r.resolveIntent(b, t, string(c.TxnId), c.Commit, c.CommitRevision, c.Writes, span, compactRev, &out); err != nil {
+			return out, err
+		}
+		out.resp = &txnproto.TxnCommandResult{}
+	case cmd.TxnAbort != nil:
+		meta := cmd.TxnAbort.Txn
+		id := string(meta.GetId())
+		rec, ok := t.records[id]
+		switch {
+		case !ok:
+			// Never prepared here (or long forgotten): an aborted record
+			// makes a late prepare fail.
+			rec = &txnproto.TxnRecord{Txn: meta, Status: txnproto.TxnStatus_TXN_ABORTED}
+		case rec.Status == txnproto.TxnStatus_TXN_PENDING &&
+			(cmd.TxnAbort.Coordinator || physicalMS(cmd.Timestamp) > rec.Txn.GetExpiryMs()):
+			rec = &txnproto.TxnRecord{Txn: rec.Txn, Status: txnproto.TxnStatus_TXN_ABORTED}
+		default:
+			out.resp = &txnproto.TxnCommandResult{Record: rec}
+			return out, nil
+		}
+		if err := r.resolveIntent(b, t, id, false, 0, nil, span, compactRev, &out); err != nil {
+			return out, err
+		}
+		if err := setProto(b, kvstore.TxnRecordKey(r.RangeID, meta.Id), rec); err != nil {
+			return out, err
+		}
+		t.records[id] = rec
+		out.resp = &txnproto.TxnCommandResult{Record: rec}
+	case cmd.TxnForget != nil:
+		id := string(cmd.TxnForget.TxnId)
+		if rec, ok := t.records[id]; ok && rec.Status != txnproto.TxnStatus_TXN_PENDING {
+			if err := b.Delete(kvstore.TxnRecordKey(r.RangeID, cmd.TxnForget.TxnId), nil); err != nil {
+				return out, err
+			}
+			delete(t.records, id)
+		}
+		out.resp = &txnproto.TxnCommandResult{}
+	}
+	return out, nil
+}
+
+// resolveIntent releases the range's intent of transaction id, first
+// applying, when commit is set, the range's share of writes at revision
+// commitRev. Without an intent it does nothing (already resolved).
+func (r *Replica) resolveIntent(b *pebble.Batch, t *txnTable, id string, commit bool, commitRev int64,
+	writes []*txnproto.TxnWrite, span kvstore.Span, compactRev int64, out *txnApply) error {
+	in, ok := t.intents[id]
+	if !ok {
+		return nil
+	}
+	if commit {
+		if commitRev < in.PrepareRevision {
+			return fmt.Errorf("rangekv: commit revision %d below the prepare revision %d of transaction %s",
+				commitRev, in.PrepareRevision, kvstore.TxnIDString([]byte(id)))
+		}
+		wb := &kvstore.WriteBatch{Batch: b, Rev: commitRev, Keyspace: r.keyspace, Span: span, CompactRev: compactRev}
+		ws := make([]kvstore.TxnWrite, 0, len(writes))
+		for _, w := range writes {
+			ws = append(ws, kvstore.TxnWrite{Key: w.Key, Value: w.Value, Lease: w.Lease, Delete: w.Delete})
+		}
+		if err := kvstore.ApplyTxnWrites(wb, ws); err != nil {
+			return err
+		}
+		out.events, out.evRev, out.delta = wb.Events, commitRev, wb.Delta
+	}
+	if err := b.Delete(kvstore.IntentKey(r.RangeID, in.Txn.Id), nil); err != nil {
+		return err
+	}
+	delete(t.intents, id)
+	t.recompute()
+	return nil
+}
+
+// writeConflict returns *IntentConflictError when the etcd write request
+// req (already unmarshaled) touches keys under an intent in t.
+func (r *Replica) writeConflict(t *txnTable, req any) error {
+	if t == nil || len(t.intents) == 0 {
+		return nil
+	}
+	var found *txnproto.TxnIntent
+	kvstore.CommandIntervals(r.keyspace, req, func(start, end []byte) {
+		if found == nil {
+			found = t.conflict("", start, end)
+		}
+	})
+	if found != nil {
+		return &IntentConflictError{RangeID: r.RangeID, Txn: found.Txn}
+	}
+	return nil
+}
+
+// publishApplied hands a pass's events to the feed in revision order,
+// holding back those at or above minPrepare (the lowest unresolved
+// prepare): a commit below them may still come. Entries with equal
+// revisions merge. It runs on the scheduler goroutine (the only user of
+// r.held), before the pass's readable revision is installed.
+func (r *Replica) publishApplied(pubs []FeedEntry, minPrepare int64) {
+	if len(r.held) == 0 && minPrepare == 0 {
+		for _, p := range pubs {
+			r.feed.Publish(p.Revision, p.Events)
+		}
+		return
+	}
+	for _, p := range pubs {
+		i, found := slices.BinarySearchFunc(r.held, p.Revision, func(e FeedEntry, rev int64) int {
+			return compareRev(e.Revision, rev)
+		})
+		if found {
+			r.held[i].Events = append(slices.Clip(r.held[i].Events), p.Events...)
+			continue
+		}
+		r.held = slices.Insert(r.held, i, p)
+	}
+	last := r.feed.Last()
+	n := 0
+	for ; n < len(r.held) && (minPrepare == 0 || r.held[n].Revision < minPrepare); n++ {
+		// At or below the feed's last revision only after a snapshot
+		// reset the feed past it: the engine serves those events.
+		if r.held[n].Revision > last {
+			r.feed.Publish(r.held[n].Revision, r.held[n].Events)
+			last = r.held[n].Revision
+		}
+	}
+	r.held = slices.Delete(r.held, 0, n)
+}
+
+func compareRev(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Intents returns the transaction intents the replica holds, with the
+// time each was first seen applied on this node (for the resolver).
+func (r *Replica) Intents() []IntentInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.txns == nil {
+		return nil
+	}
+	out := make([]IntentInfo, 0, len(r.txns.intents))
+	for id, in := range r.txns.intents {
+		out = append(out, IntentInfo{Intent: in, Since: r.intentSeen[id]})
+	}
+	return out
+}
+
+// IntentInfo is an intent and the local time it was first seen applied.
+type IntentInfo struct {
+	Intent *txnproto.TxnIntent
+	Since  time.Time
+}
+
+// Records returns the transaction records the replica holds as an anchor,
+// with the local time each was first seen.
+func (r *Replica) Records() []RecordInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.txns == nil {
+		return nil
+	}
+	out := make([]RecordInfo, 0, len(r.txns.records))
+	for id, rec := range r.txns.records {
+		out = append(out, RecordInfo{Record: rec, Since: r.recordSeen[id]})
+	}
+	return out
+}
+
+// RecordInfo is a transaction record and the local time it was first seen.
+type RecordInfo struct {
+	Record *txnproto.TxnRecord
+	Since  time.Time
+}
+
+// HasIntent reports whether the replica holds an intent of txnID.
+func (r *Replica) HasIntent(txnID []byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.txns == nil {
+		return false
+	}
+	_, ok := r.txns.intents[string(txnID)]
+	return ok
+}
+
+// WaitIntent blocks until the replica no longer holds an intent of txnID,
+// or ctx ends.
+func (r *Replica) WaitIntent(ctx context.Context, txnID []byte) error {
+	for {
+		r.mu.Lock()
+		ch := r.appliedWaitLocked()
+		held := false
+		if r.txns != nil {
+			_, held = r.txns.intents[string(txnID)]
+		}
+		r.mu.Unlock()
+		if !held {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// installTxnsLocked installs the table a pass produced and tracks when
+// intents and records were first seen.
+func (r *Replica) installTxnsLocked(t *txnTable) {
+	r.txns = t
+	now := time.Now()
+	if r.intentSeen == nil {
+		r.intentSeen, r.recordSeen = map[string]time.Time{}, map[string]time.Time{}
+	}
+	for id := range r.intentSeen {
+		if _, ok := t.intents[id]; !ok {
+			delete(r.intentSeen, id)
+		}
+	}
+	for id := range t.intents {
+		if _, ok := r.intentSeen[id]; !ok {
+			r.intentSeen[id] = now
+		}
+	}
+	for id := range r.recordSeen {
+		if _, ok := t.records[id]; !ok {
+			delete(r.recordSeen, id)
+		}
+	}
+	for id := range t.records {
+		if _, ok := r.recordSeen[id]; !ok {
+			r.recordSeen[id] = now
+		}
+	}
+}
+
