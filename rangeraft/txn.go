@@ -511,4 +511,3 @@ func (r *Replica) installTxnsLocked(t *txnTable) {
 		}
 	}
 }
-
