@@ -370,24 +370,6 @@ func (c *cluster) splitAt(i int, key string) (left, right rangeRow) {
 	return rows[0], rows[1]
 }
 
-// rangeIDList formats range IDs the way the multi-range refusal names
-// them.
-func rangeIDList(rows []rangeRow) string {
-	var ids []string
-	for _, r := range rows {
-		ids = append(ids, strconv.FormatUint(r.RangeID, 10))
-	}
-	slices.Sort(ids)
-	return strings.Join(ids, ", ")
-}
-
-// multiRangeRefusal is the etcdctl error line of a write refused because
-// it touches the given ranges.
-func multiRangeRefusal(rows []rangeRow) string {
-	return fmt.Sprintf("Error: rpc error: code = Unimplemented desc = rangekv: the request touches keys in %d ranges (%s); "+
-		"atomic multi-range transactions and deletes are not supported yet", len(rows), rangeIDList(rows))
-}
-
 // rowsHolding returns the rows whose spans intersect [start, end).
 func rowsHolding(rows []rangeRow, start, end string) []rangeRow {
 	var out []rangeRow
@@ -584,22 +566,34 @@ func TestManualSplits(t *testing.T) {
 		}
 	})
 
-	t.Run("MultiRangeWritesRefused", func(t *testing.T) {
+	t.Run("MultiRangeWrites", func(t *testing.T) {
 		c := c.on(t)
-		res := c.ctl("del", "--prefix", "k")
-		require.Equal(t, 1, res.code, "%s", res)
-		require.Equal(t, multiRangeRefusal(rows), res.errLine(), "%s", res)
+		// A txn writing on both sides of k150: one revision for both.
+		res := etcdctl(t, c.endpoints(), "\nput k010 changed\nput k160 changed\n\n\n", "txn")
+		require.Zero(t, res.code, "%s", res)
+		var g1, g2 jsonGet
+		mustCtlJSON(t, c.endpoints(1), &g1, "get", "k010")
+		mustCtlJSON(t, c.endpoints(2), &g2, "get", "k160")
+		require.Equal(t, "changed", string(g1.Kvs[0].Value))
+		require.Equal(t, "changed", string(g2.Kvs[0].Value))
+		require.Equal(t, g1.Kvs[0].ModRevision, g2.Kvs[0].ModRevision)
 
+		// A delete over two ranges removes every key at one revision.
+		held := rowsHolding(rows, "k045", "k055")
+		require.Greater(t, len(held), 1, "k045..k055 spans ranges")
 		res = c.ctl("del", "--range", "k045", "k055")
-		require.Equal(t, 1, res.code, "%s", res)
-		require.Equal(t, multiRangeRefusal(rowsHolding(rows, "k045", "k055")), res.errLine(), "%s", res)
+		require.Zero(t, res.code, "%s", res)
+		require.Equal(t, "10", strings.TrimSpace(res.stdout))
+		var g jsonGet
+		mustCtlJSON(t, c.endpoints(0), &g, "get", "k045", "k055")
+		require.Zero(t, g.Count)
 
-		// A txn writing on both sides of k150.
-		res = etcdctl(t, c.endpoints(), "\nput k010 changed\nput k160 changed\n\n\n", "txn")
-		require.Equal(t, 1, res.code, "%s", res)
-		require.Equal(t, multiRangeRefusal([]rangeRow{rows[0], rows[3]}), res.errLine(), "%s", res)
-
-		// Nothing was deleted or written.
+		// Put everything back for the subtests that follow.
+		etcdctl(t, c.endpoints(), fmt.Sprintf("\nput k010 %s\nput k160 %s\n\n\n", model["k010"], model["k160"]), "txn")
+		for i := 45; i < 55; i++ {
+			k := fmt.Sprintf("k%03d", i)
+			c.mustCtl("put", k, model[k])
+		}
 		c.requireScans("k", want)
 	})
 

@@ -15,8 +15,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/kvstore"
@@ -81,17 +79,16 @@ func (n *Node) spanRangesOnce(start, end []byte) ([]*rangeraft.Replica, error) {
 }
 
 // errSpansRanges is returned by a routeSpans resolver when the request's
-// keys lie in several ranges. Range switches to multiRange; writes refuse
-// with errMultiRangeWrite.
+// keys lie in several ranges. Reads switch to multiRange or multiRangeTxn,
+// writes to crossRangeTxn.
 var errSpansRanges = errors.New("rangekv: the request spans several ranges")
 
 // routeSpans returns the resolver of the single range holding every span
 // a request addresses (reported through spans). It is evaluated afresh on
 // every retry, so a request that a split has made span two ranges stops
-// retrying the old one: the resolver then returns, for a read,
-// errSpansRanges, and for a write, etcd-style Unimplemented naming the
-// ranges (atomic multi-range writes need the transaction protocol; a write
-// is never half-applied). On the peer server the forwarded range is used.
+// retrying the old one: the resolver then returns errSpansRanges, and the
+// caller takes its multi-range path. On the peer server the forwarded
+// range is used.
 func (s *kvServer) routeSpans(ctx context.Context, key []byte, spans func(add func(start, end []byte))) func() (*rangeraft.Replica, error) {
 	if s.peer {
 		return s.route(ctx, key)
@@ -128,24 +125,15 @@ func (s *kvServer) routeSpans(ctx context.Context, key []byte, spans func(add fu
 	}
 }
 
-// multiRangeErr is errSpansRanges wrapped with the etcd-style refusal
-// writes return.
+// multiRangeErr is errSpansRanges naming the ranges.
 func multiRangeErr(ids map[uint64]bool) error {
 	sorted := slices.Sorted(maps.Keys(ids))
 	list := make([]string, 0, len(sorted))
 	for _, id := range sorted {
 		list = append(list, fmt.Sprint(id))
 	}
-	return &multiRangeError{st: status.Newf(codes.Unimplemented,
-		"rangekv: the request touches keys in %d ranges (%s); atomic multi-range transactions and deletes are not supported yet",
-		len(ids), strings.Join(list, ", "))}
+	return fmt.Errorf("%w (%s)", errSpansRanges, strings.Join(list, ", "))
 }
-
-type multiRangeError struct{ st *status.Status }
-
-func (e *multiRangeError) Error() string              { return e.st.Err().Error() }
-func (e *multiRangeError) GRPCStatus() *status.Status { return e.st }
-func (e *multiRangeError) Is(target error) bool       { return target == errSpansRanges }
 
 // txnSpans reports every span a txn's compares and operations (both
 // branches, nested txns included) address, as span keys.

@@ -594,12 +594,11 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			}
 			continue
 		case cmd.Split != nil:
-			if !txns.empty() {
-				res.Err = ErrSplitBlockedByTxn
-				break
-			}
 			var rhsStats kvstore.Stats
 			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split)
+			if res.Err == nil && !txns.empty() {
+				res.Err = r.splitTxnState(b, writable(), cmd.Split.Right)
+			}
 			if res.Err == nil {
 				desc = cmd.Split.Left
 				span = kvstore.Span{Start: desc.StartKey, End: desc.EndKey}

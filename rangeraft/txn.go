@@ -36,7 +36,8 @@ import (
 //     abort of a pending record applies only after it (or from the
 //     coordinator); commit and abort are decided by the record's first
 //     transition in the anchor's log, so exactly one wins.
-//   - A range with intents or records does not split.
+//   - A split hands the right-hand range the records anchored in it and
+//     the part of every intent inside it (splitTxnState).
 
 // txnTable is a replica's transaction state, keyed by transaction ID. An
 // installed table (Replica.txns) is never modified: apply copies it first.
@@ -162,9 +163,6 @@ var (
 	ErrTxnAborted = errors.New("rangekv: transaction aborted")
 	// ErrTxnNotFound: a commit found no pending record.
 	ErrTxnNotFound = errors.New("rangekv: transaction record not found")
-	// ErrSplitBlockedByTxn: a split of a range holding intents or
-	// records; the splitter retries once they resolve.
-	ErrSplitBlockedByTxn = errors.New("rangekv: range has unresolved transactions; retry the split")
 )
 
 // txnApply is the outcome of one transaction command in stageApply.
@@ -510,4 +508,73 @@ func (r *Replica) installTxnsLocked(t *txnTable) {
 			r.recordSeen[id] = now
 		}
 	}
+}
+
+// splitTxnState moves, within a split's batch, the transaction state of
+// the keys the right-hand range right takes: records whose anchor key it
+// holds, and the parts of intents inside it (an intent over the split key
+// becomes one on each side, with the same prepare revision). t is the
+// left-hand table, updated in place.
+func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.RangeDescriptor) error {
+	key := right.StartKey
+	for id, rec := range t.records {
+		if bytes.Compare(rec.Txn.GetAnchorKey(), key) < 0 {
+			continue
+		}
+		if err := b.Delete(kvstore.TxnRecordKey(r.RangeID, []byte(id)), nil); err != nil {
+			return err
+		}
+		if err := setProto(b, kvstore.TxnRecordKey(right.RangeId, []byte(id)), rec); err != nil {
+			return err
+		}
+		delete(t.records, id)
+	}
+	for id, in := range t.intents {
+		var left, rhs []*txnproto.TxnSpan
+		for _, s := range in.Spans {
+			if bytes.Compare(s.Start, key) < 0 {
+				left = append(left, &txnproto.TxnSpan{Start: s.Start, End: minKey(s.End, key)})
+			}
+			if bytes.Compare(s.End, key) > 0 {
+				rhs = append(rhs, &txnproto.TxnSpan{Start: maxKey(s.Start, key), End: s.End})
+			}
+		}
+		if len(rhs) == 0 {
+			continue
+		}
+		rin := proto.Clone(in).(*txnproto.TxnIntent)
+		rin.Spans = rhs
+		if err := setProto(b, kvstore.IntentKey(right.RangeId, []byte(id)), rin); err != nil {
+			return err
+		}
+		if len(left) == 0 {
+			if err := b.Delete(kvstore.IntentKey(r.RangeID, []byte(id)), nil); err != nil {
+				return err
+			}
+			delete(t.intents, id)
+			continue
+		}
+		lin := proto.Clone(in).(*txnproto.TxnIntent)
+		lin.Spans = left
+		if err := setProto(b, kvstore.IntentKey(r.RangeID, []byte(id)), lin); err != nil {
+			return err
+		}
+		t.intents[id] = lin
+	}
+	t.recompute()
+	return nil
+}
+
+func minKey(a, b []byte) []byte {
+	if bytes.Compare(a, b) < 0 {
+		return a
+	}
+	return b
+}
+
+func maxKey(a, b []byte) []byte {
+	if bytes.Compare(a, b) > 0 {
+		return a
+	}
+	return b
 }
