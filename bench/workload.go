@@ -611,3 +611,52 @@ func RunIdleWatchers(ctx context.Context, c Config, n int, settle time.Duration)
 	}
 	return rep, nil
 }
+
+// RunTxnPut sends transactions of one compare (the first key's
+// mod_revision is at least 0, so the success branch runs) and opsPerTxn
+// puts of ValueSize values. The keys of one txn are its first key's
+// index i and, with spread, i + k*KeySpace/opsPerTxn for k = 1.. (so
+// that, after --ranges opsPerTxn, each lies in its own range), else
+// i+1, i+2, ....
+func RunTxnPut(ctx context.Context, c Config, opsPerTxn int, spread bool) (*Report, error) {
+	c = c.Defaults()
+	opsPerTxn = max(opsPerTxn, 1)
+	clients, err := dial(c)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(clients)
+	kv, closeKV, err := kvs(c, clients)
+	if err != nil {
+		return nil, err
+	}
+	defer closeKV()
+	rec := NewRecorder()
+	cpu := measureServer(c.Endpoints)
+	val := value(c)
+	rnds := make([]*rand.Rand, c.Clients)
+	for i := range rnds {
+		rnds[i] = rand.New(rand.NewPCG(uint64(i), 43))
+	}
+	started := time.Now()
+	elapsed := drive(ctx, c, func(ctx context.Context, client, seq int) {
+		first := keyIndex(c, seq, rnds[client])
+		ops := make([]clientv3.Op, 0, opsPerTxn)
+		for k := range opsPerTxn {
+			idx := first + k
+			if spread {
+				idx = first%(c.KeySpace/opsPerTxn) + k*(c.KeySpace/opsPerTxn)
+			}
+			ops = append(ops, clientv3.OpPut(c.Key(idx%c.KeySpace), val))
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+		t := time.Now()
+		_, err := kv[client%c.Conns].Txn(rctx).
+			If(clientv3.Compare(clientv3.ModRevision(string(ops[0].KeyBytes())), ">", -1)).Then(ops...).Commit()
+		cancel()
+		rec.Observe(time.Since(t), err)
+	})
+	op := rec.Summarize("txn-put", elapsed)
+	return &Report{Workload: "txn-put", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
+		Ops: []OpReport{op}, Server: cpu(op.Requests - op.Errors)}, nil
+}

@@ -78,6 +78,21 @@ error grouped by message.`,
 			})
 		},
 	})
+	var txnOps int
+	var txnSpread bool
+	tp := &cobra.Command{
+		Use:   "txn-put",
+		Short: "Transactions of one compare and --txn-ops puts under --prefix",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), out, errOut, func(ctx context.Context, c bench.Config) (*bench.Report, error) {
+				return bench.RunTxnPut(ctx, c, txnOps, txnSpread)
+			})
+		},
+	}
+	tp.Flags().IntVar(&txnOps, "txn-ops", 1, "puts per transaction")
+	tp.Flags().BoolVar(&txnSpread, "spread", false, "spread a txn's keys over the key space (one per --ranges range when --ranges equals --txn-ops) instead of adjacent keys")
+	root.AddCommand(tp)
 	var watchers int
 	var grace time.Duration
 	wl := &cobra.Command{
