@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,7 +216,11 @@ func newCluster(t testing.TB, n int, extraFlags ...string) *cluster {
 		}
 		if t.Failed() {
 			for _, nd := range c.nodes {
-				t.Logf("--- last %d lines of %s's log (%s) ---\n%s", logTailLines, nd.name, nd.logPath,
+				kept := filepath.Join(os.TempDir(), fmt.Sprintf("rangekv-e2e-%s-%s.log", strings.ReplaceAll(t.Name(), "/", "-"), nd.name))
+				if data, err := os.ReadFile(nd.logPath); err == nil {
+					_ = os.WriteFile(kept, data, 0o644)
+				}
+				t.Logf("--- last %d lines of %s's log (whole log kept in %s) ---\n%s", logTailLines, nd.name, kept,
 					tailFile(nd.logPath, logTailLines))
 			}
 		}
@@ -306,7 +311,22 @@ func (nd *node) waitReady(t testing.TB) {
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node %s not ready after %v: last /readyz: %s", nd.name, readyTimeout, last)
+			// A goroutine dump in the log (Go's SIGQUIT handler) shows
+			// where a stuck node is stuck.
+			nd.mu.Lock()
+			if nd.cmd != nil {
+				_ = nd.cmd.Process.Signal(syscall.SIGQUIT)
+			}
+			nd.mu.Unlock()
+			select {
+			case <-exited:
+			case <-time.After(2 * time.Second):
+			}
+			kept := filepath.Join(os.TempDir(), fmt.Sprintf("rangekv-e2e-stuck-%s-%d.log", nd.name, time.Now().UnixNano()))
+			if data, err := os.ReadFile(nd.logPath); err == nil {
+				_ = os.WriteFile(kept, data, 0o644)
+			}
+			t.Fatalf("node %s not ready after %v (log with a goroutine dump kept in %s): last /readyz: %s", nd.name, readyTimeout, kept, last)
 		}
 		time.Sleep(pollInterval)
 	}

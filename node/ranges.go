@@ -175,7 +175,7 @@ func splitLocal(ctx context.Context, r *rangeraft.Replica, splitKey []byte, newI
 	switch {
 	case errors.Is(err, rangeraft.ErrBadSplitKey):
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, rangeraft.ErrDescriptorChanged):
+	case errors.Is(err, rangeraft.ErrDescriptorChanged), errors.Is(err, rangeraft.ErrSplitThroughIntent):
 		return nil, errStaleRange
 	case err != nil:
 		return nil, err

@@ -33,20 +33,23 @@ import (
 //  1. prepare: every participant range locks the spans the txn reads or
 //     writes there (an intent) and returns their live keys and its
 //     prepare revision P; the anchor range (holding the first key) also
-//     writes a pending transaction record. All in parallel.
+//     stages the transaction record with the request and the list of
+//     participants. All in parallel. Once every prepare has applied, the
+//     transaction is committed (parallel commit).
 //  2. evaluate: the coordinator runs the txn, exactly as a one-range txn
 //     runs, over the union of those keys at R = max(P) (nothing changes
-//     them while the intents hold).
-//  3. commit: the anchor flips the record to committed at R with every
-//     write, and applies its own share, in one command. That is the
-//     commit point; the client is answered.
-//  4. resolve: the other participants apply their shares at R and drop
-//     their intents, asynchronously; then the record is forgotten.
+//     them while the intents hold), and answers the client.
+//  3. commit: in the background, the anchor flips the record to
+//     committed at R with every write and applies its own share, then
+//     the other participants apply theirs and drop their intents, and
+//     the record is forgotten.
 //
 // A coordinator that dies leaves intents that the participants' leaders
-// resolve themselves (intentResolver): they push the record, which
-// commits their share if it is committed, and aborts it if it is pending
-// past its expiry.
+// resolve themselves (intentResolver): they push the record, resolving
+// their share if it is decided; a pending record past its expiry, when
+// no prepare can apply any more, is recovered: committed if every
+// participant holds its intent (the coordinator may have answered), else
+// aborted.
 
 // txnExpiry bounds how long a pending transaction holds its locks: after
 // it anyone may abort the record, and no prepare of it applies.
@@ -164,26 +167,38 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest) (*pb.TxnR
 	if err != nil {
 		return nil, err
 	}
+	reqData, err := proto.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
 	id := make([]byte, 16)
 	_, _ = crand.Read(id)
 	meta := &txnproto.TxnMeta{Id: id, AnchorKey: parts[0].key, Coordinator: n.id,
 		ExpiryMs: time.Now().Add(txnExpiry).UnixMilli()}
+	keys := make([][]byte, len(parts))
+	for i, p := range parts {
+		keys[i] = p.key
+	}
 
-	// 1. Prepare everywhere at once.
+	// 1. Prepare everywhere at once; the anchor's prepare stages the
+	// record with the request. Once all have applied, the transaction is
+	// committed (parallel commit): recovery would find every intent.
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.prep, _, p.err = n.txnCommand(ctx, p.key, &txnproto.Command{TxnPrepare: &txnproto.TxnPrepareCommand{
-				Intent: &txnproto.TxnIntent{Txn: meta, Spans: p.spans}, Anchor: p.anchor}})
+			prep := &txnproto.TxnPrepareCommand{Intent: &txnproto.TxnIntent{Txn: meta, Spans: p.spans}, Anchor: p.anchor}
+			if p.anchor {
+				prep.Request, prep.Participants = reqData, keys
+			}
+			p.prep, _, p.err = n.txnCommand(ctx, p.key, &txnproto.Command{TxnPrepare: prep})
 		}()
 	}
 	wg.Wait()
 	for _, p := range parts {
 		if p.err != nil {
-			n.abortTxn(meta, parts)
-			return nil, p.err
+			return nil, n.giveUp(ctx, meta, keys, p.err)
 		}
 	}
 	_, _ = fpTxnAfterPrepare.Acquire()
@@ -194,31 +209,19 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest) (*pb.TxnR
 		commitRev = max(commitRev, p.prep.PrepareRevision)
 	}
 	resp, writes, err := n.evaluateTxn(req, parts, commitRev)
-	if err != nil {
-		n.abortTxn(meta, parts)
+	switch {
+	case err != nil:
+		// Recovery would evaluate the same way and abort too.
+		n.goBackground(func() { n.abortTxn(meta, keys) })
 		return nil, err
-	}
-	if len(writes) == 0 {
+	case len(writes) == 0:
 		// Nothing to write: the compares and reads held at every revision
 		// from the last prepare until the locks go.
-		n.abortTxn(meta, parts)
-	} else {
-		// 3. Commit on the anchor.
-		var others [][]byte
-		for _, p := range parts[1:] {
-			others = append(others, p.key)
-		}
-		_, _, err = n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnCommit: &txnproto.TxnCommitCommand{
-			TxnId: id, CommitRevision: commitRev, Writes: writes, Participants: others}})
-		if err != nil {
-			if errors.Is(err, errTxnRetry) {
-				// Aborted by a pusher past its expiry: nothing applied.
-				n.abortTxn(meta, parts)
-			}
-			return nil, err
-		}
-		// 4. Resolve the others in the background.
-		n.goBackground(func() { n.resolveParticipants(meta, true, commitRev, writes, others) })
+		n.goBackground(func() { n.abortTxn(meta, keys) })
+	default:
+		// 3. Make the commit explicit and resolve the intents, in the
+		// background: readers of the keys wait for it.
+		n.goBackground(func() { n.commitTxn(meta, commitRev, writes, keys) })
 	}
 	if err := n.store.WaitClockQuorum(ctx, commitRev); err != nil {
 		return nil, err
@@ -226,6 +229,64 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest) (*pb.TxnR
 	resp.Header = n.header(commitRev, 0)
 	fillTxnHeaders(resp, resp.Header)
 	return resp, nil
+}
+
+// giveUp ends an attempt whose prepare failed with cause: the record is
+// aborted (or written aborted), then the intents are released. If
+// recovery found every intent first and committed, the outcome is the
+// client's to learn: etcd's ambiguous timeout.
+func (n *Node) giveUp(ctx context.Context, meta *txnproto.TxnMeta, keys [][]byte, cause error) error {
+	actx, cancel := n.stopContext(n.reqTimeout)
+	defer cancel()
+	res, _, err := n.txnCommand(actx, meta.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{
+		Txn: meta, Coordinator: true}})
+	switch {
+	case err != nil:
+		n.log.Warn("transaction abort failed; its intents resolve after expiry",
+			zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
+		return rpctypes.ErrGRPCTimeout
+	case res.GetRecord().GetStatus() == txnproto.TxnStatus_TXN_COMMITTED:
+		n.goBackground(func() { n.finishRecord(res.Record) })
+		return rpctypes.ErrGRPCTimeout
+	}
+	n.goBackground(func() { n.resolveParticipants(meta, false, 0, nil, keys[1:]) })
+	return cause
+}
+
+// abortTxn aborts a transaction that wrote nothing, or failed evaluation,
+// and releases its intents.
+func (n *Node) abortTxn(meta *txnproto.TxnMeta, keys [][]byte) {
+	ctx, cancel := n.stopContext(n.reqTimeout)
+	defer cancel()
+	if _, _, err := n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{
+		Txn: meta, Coordinator: true}}); err != nil {
+		n.log.Debug("transaction abort failed; intents resolve on expiry",
+			zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
+		return
+	}
+	n.resolveParticipants(meta, false, 0, nil, keys[1:])
+}
+
+// commitTxn records a committed transaction's writes on its anchor (which
+// applies its own share) and resolves the other participants.
+func (n *Node) commitTxn(meta *txnproto.TxnMeta, commitRev int64, writes []*txnproto.TxnWrite, keys [][]byte) {
+	ctx, cancel := n.stopContext(n.reqTimeout)
+	defer cancel()
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		// errTxnRetry here is a record a split just moved: route again.
+		if _, _, err = n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnCommit: &txnproto.TxnCommitCommand{
+			TxnId: meta.Id, CommitRevision: commitRev, Writes: writes, Participants: keys}}); !errors.Is(err, errTxnRetry) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		n.log.Warn("recording a transaction's commit failed; recovery finishes it",
+			zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
+		return
+	}
+	n.resolveParticipants(meta, true, commitRev, writes, keys[1:])
 }
 
 // evaluateTxn runs req at rev over the participants' locked keys and
@@ -269,32 +330,10 @@ func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64) 
 	return resp, writes, nil
 }
 
-// abortTxn releases an attempt's locks: the anchor's record is aborted
-// (or written aborted, so a late prepare fails), then the other
-// participants' intents go. It runs in the background; what it misses,
-// the participants' intent resolvers finish.
-func (n *Node) abortTxn(meta *txnproto.TxnMeta, parts []*participant) {
-	var others [][]byte
-	for _, p := range parts[1:] {
-		others = append(others, p.key)
-	}
-	n.goBackground(func() {
-		ctx, cancel := context.WithTimeout(n.stopContext(), n.reqTimeout)
-		defer cancel()
-		if _, _, err := n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{
-			Txn: meta, Coordinator: true}}); err != nil {
-			n.log.Debug("transaction abort failed; intents resolve on expiry",
-				zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
-			return
-		}
-		n.resolveParticipants(meta, false, 0, nil, others)
-	})
-}
-
 // resolveParticipants resolves the intents of a finalized transaction on
 // the ranges holding keys, then forgets its record once all succeeded.
 func (n *Node) resolveParticipants(meta *txnproto.TxnMeta, commit bool, commitRev int64, writes []*txnproto.TxnWrite, keys [][]byte) bool {
-	ctx, cancel := context.WithTimeout(n.stopContext(), n.reqTimeout)
+	ctx, cancel := n.stopContext(n.reqTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(keys))
@@ -320,17 +359,18 @@ func (n *Node) resolveParticipants(meta *txnproto.TxnMeta, commit bool, commitRe
 	return err == nil
 }
 
-// stopContext is a context cancelled when the node stops.
-func (n *Node) stopContext() context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
+// stopContext returns a context with timeout d that also ends when the
+// node stops.
+func (n *Node) stopContext(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	go func() {
 		select {
 		case <-n.stopc:
+			cancel()
 		case <-ctx.Done():
 		}
-		cancel()
 	}()
-	return ctx
+	return ctx, cancel
 }
 
 // txnCommand proposes a transaction command on the leader of the range
@@ -346,7 +386,7 @@ func (n *Node) txnCommand(ctx context.Context, key []byte, cmd *txnproto.Command
 		return nil, errStaleRange
 	}
 	resp, err := onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.TxnCommandResponse, error) {
-		return n.txnCommandLocal(ctx, r, cmd)
+		return n.txnCommandLocal(ctx, r, key, cmd)
 	}, func(ctx context.Context, cc grpc.ClientConnInterface) (*txnproto.TxnCommandResponse, error) {
 		return txnproto.NewTxnServiceClient(cc).TxnCommand(ctx, &txnproto.TxnCommandRequest{Key: key, Command: cmd})
 	})
@@ -363,11 +403,17 @@ func (n *Node) txnCommand(ctx context.Context, key []byte, cmd *txnproto.Command
 // errTxnRetry across nodes.
 const txnRetryPrefix = "rangekv: transaction conflict"
 
-// txnCommandLocal proposes cmd on r, the range's leader here. A clock
+// txnCommandLocal proposes cmd on r, the range's leader here, which must
+// hold key (else errStaleRange, and the sender routes again). A clock
 // round first stamps it above every revision acknowledged before.
-func (n *Node) txnCommandLocal(ctx context.Context, r *rangeraft.Replica, cmd *txnproto.Command) (*txnproto.TxnCommandResponse, error) {
+func (n *Node) txnCommandLocal(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (*txnproto.TxnCommandResponse, error) {
 	if err := r.CheckLeader(); err != nil {
 		return nil, err
+	}
+	if start, end := r.Span(); bytes.Compare(key, start) < 0 || bytes.Compare(key, end) >= 0 {
+		// The sender's view of the ranges is stale (a split moved key):
+		// a command on the wrong range would find no intent or record.
+		return nil, errStaleRange
 	}
 	if _, err := n.store.ClockRound(ctx); err != nil {
 		return nil, err
@@ -401,13 +447,12 @@ type txnServer struct {
 
 // TxnCommand implements txnproto.TxnServiceServer.
 func (t *txnServer) TxnCommand(ctx context.Context, req *txnproto.TxnCommandRequest) (*txnproto.TxnCommandResponse, error) {
-	if req.Command == nil || req.Command.TxnPrepare == nil && req.Command.TxnCommit == nil &&
-		req.Command.TxnResolve == nil && req.Command.TxnAbort == nil && req.Command.TxnForget == nil {
+	if !rangeraft.IsTxnCommand(req.Command) {
 		return nil, status.Error(codes.InvalidArgument, "rangekv: TxnCommand needs one transaction command")
 	}
 	s := &kvServer{n: t.n, peer: true}
 	return onLeader(ctx, s, s.route(ctx, nil), true, func(ctx context.Context, r *rangeraft.Replica) (*txnproto.TxnCommandResponse, error) {
-		return t.n.txnCommandLocal(ctx, r, req.Command)
+		return t.n.txnCommandLocal(ctx, r, req.Key, req.Command)
 	}, func(context.Context, grpc.ClientConnInterface) (*txnproto.TxnCommandResponse, error) {
 		return nil, status.Error(codes.Internal, "rangekv: peer requests are not forwarded")
 	})
@@ -422,7 +467,15 @@ func (n *Node) intentResolver() (time.Duration, func()) {
 	return 200 * time.Millisecond, func() {
 		now := time.Now()
 		for _, r := range n.store.Replicas() {
-			if !r.Status().IsLeader {
+			leader := r.Status().IsLeader
+			for _, in := range r.Intents() {
+				if age := now.Sub(in.Since); age > 5*time.Second && age%(5*time.Second) < 200*time.Millisecond {
+					n.log.Warn("intent unresolved", zap.Uint64("range-id", r.RangeID), zap.Bool("leader", leader),
+						zap.String("txn", kvstore.TxnIDString(in.Intent.Txn.Id)), zap.Duration("age", age),
+						zap.Int64("prepare-revision", in.Intent.PrepareRevision))
+				}
+			}
+			if !leader {
 				continue
 			}
 			for _, in := range r.Intents() {
@@ -435,12 +488,24 @@ func (n *Node) intentResolver() (time.Duration, func()) {
 				}
 				mu.Unlock()
 				if due {
-					n.pushIntent(r, in.Intent)
+					// Concurrently, each bounded: a push that waits on a
+					// dead anchor leader must not hold up the others.
+					n.goBackground(func() { n.pushIntent(r, in.Intent) })
 				}
 			}
 			for _, rec := range r.Records() {
 				if rec.Record.Status != txnproto.TxnStatus_TXN_PENDING && now.Sub(rec.Since) > 5*time.Second {
-					n.finishRecord(rec.Record)
+					id := string(rec.Record.Txn.GetId())
+					mu.Lock()
+					last, seen := pushed[id]
+					due := !seen || now.Sub(last) > 5*time.Second
+					if due {
+						pushed[id] = now
+					}
+					mu.Unlock()
+					if due {
+						n.goBackground(func() { n.finishRecord(rec.Record) })
+					}
 				}
 			}
 		}
@@ -454,17 +519,29 @@ func (n *Node) intentResolver() (time.Duration, func()) {
 	}
 }
 
-// pushIntent learns the fate of in's transaction from its record
-// (aborting it if it is pending past its expiry) and resolves the intent
-// on r's range accordingly.
+// pushIntent learns the fate of in's transaction from its record and
+// resolves the intent on r's range accordingly. A pending record past its
+// expiry is recovered (recoverTxn).
 func (n *Node) pushIntent(r *rangeraft.Replica, in *txnproto.TxnIntent) {
-	ctx, cancel := context.WithTimeout(n.stopContext(), n.reqTimeout)
+	ctx, cancel := n.stopContext(2 * time.Second)
 	defer cancel()
 	res, _, err := n.txnCommand(ctx, in.Txn.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{Txn: in.Txn}})
 	if err != nil || res == nil || res.Record == nil {
+		n.log.Warn("pushing a transaction failed", zap.Uint64("range-id", r.RangeID),
+			zap.String("txn", kvstore.TxnIDString(in.Txn.Id)), zap.Error(err))
 		return
 	}
 	rec := res.Record
+	if rec.Status == txnproto.TxnStatus_TXN_PENDING {
+		if time.Now().UnixMilli() <= rec.Txn.GetExpiryMs()+n.cfg.MaxClockOffset.Milliseconds() {
+			return // its coordinator is at work
+		}
+		n.log.Info("recovering a transaction past its expiry", zap.String("txn", kvstore.TxnIDString(in.Txn.Id)),
+			zap.Int("participants", len(rec.Participants)))
+		if rec = n.recoverTxn(ctx, rec); rec == nil {
+			return
+		}
+	}
 	var resolve *txnproto.TxnResolveCommand
 	switch rec.Status {
 	case txnproto.TxnStatus_TXN_COMMITTED:
@@ -472,13 +549,73 @@ func (n *Node) pushIntent(r *rangeraft.Replica, in *txnproto.TxnIntent) {
 	case txnproto.TxnStatus_TXN_ABORTED:
 		resolve = &txnproto.TxnResolveCommand{TxnId: in.Txn.Id}
 	default:
-		return // pending and not expired: its coordinator is at work
+		return
 	}
 	start, _ := r.Span()
-	if _, _, err := n.txnCommand(ctx, start, &txnproto.Command{TxnResolve: resolve}); err == nil {
+	if _, _, err := n.txnCommand(ctx, start, &txnproto.Command{TxnResolve: resolve}); err != nil {
+		n.log.Warn("resolving an intent failed", zap.Uint64("range-id", r.RangeID),
+			zap.String("txn", kvstore.TxnIDString(in.Txn.Id)), zap.Error(err))
+	} else {
 		n.log.Info("resolved an intent left by its coordinator", zap.Uint64("range-id", r.RangeID),
 			zap.String("txn", kvstore.TxnIDString(in.Txn.Id)), zap.Stringer("status", rec.Status))
 	}
+}
+
+// recoverTxn decides a pending transaction past its expiry, when no
+// prepare of it can apply any more: if every participant holds its
+// intent, the transaction committed (its coordinator may have answered),
+// and its writes are evaluated from the record's request as the
+// coordinator evaluated them; otherwise it aborts. It returns the
+// record as decided, nil when a participant could not be asked.
+func (n *Node) recoverTxn(ctx context.Context, rec *txnproto.TxnRecord) *txnproto.TxnRecord {
+	meta := rec.Txn
+	parts := make([]*participant, len(rec.Participants))
+	var wg sync.WaitGroup
+	for i, key := range rec.Participants {
+		parts[i] = &participant{key: key}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			parts[i].prep, _, parts[i].err = n.txnCommand(ctx, key, &txnproto.Command{TxnRecover: &txnproto.TxnRecoverCommand{
+				TxnId: meta.Id, ExpiryMs: meta.ExpiryMs}})
+		}()
+	}
+	wg.Wait()
+	all := len(parts) > 0
+	commitRev := int64(0)
+	for _, p := range parts {
+		if p.err != nil {
+			n.log.Warn("recovering a transaction: a participant did not answer", zap.String("txn", kvstore.TxnIDString(meta.Id)),
+				zap.Binary("key", p.key), zap.Error(p.err))
+			return nil
+		}
+		all = all && p.prep.Prepared
+		commitRev = max(commitRev, p.prep.PrepareRevision)
+	}
+	var writes []*txnproto.TxnWrite
+	if all {
+		req := &pb.TxnRequest{}
+		err := proto.Unmarshal(rec.Request, req)
+		if err == nil {
+			_, writes, err = n.evaluateTxn(req, parts, commitRev)
+		}
+		all = err == nil && len(writes) > 0
+	}
+	var cmd *txnproto.Command
+	if all {
+		cmd = &txnproto.Command{TxnCommit: &txnproto.TxnCommitCommand{TxnId: meta.Id, CommitRevision: commitRev,
+			Writes: writes, Participants: rec.Participants}}
+	} else {
+		cmd = &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{Txn: meta, Recovered: true}}
+	}
+	res, _, err := n.txnCommand(ctx, meta.AnchorKey, cmd)
+	if err != nil || res.GetRecord() == nil {
+		n.log.Warn("recovering a transaction: deciding it failed", zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
+		return nil
+	}
+	n.log.Info("recovered a transaction past its expiry", zap.String("txn", kvstore.TxnIDString(meta.Id)),
+		zap.Stringer("status", res.Record.Status))
+	return res.Record
 }
 
 // finishRecord resolves every participant of a finalized record and then

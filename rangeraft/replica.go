@@ -565,7 +565,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			}
 		case cmd.Close != nil:
 			applied.ClosedRevision = max(applied.ClosedRevision, cmd.Close.Revision)
-		case cmd.TxnPrepare != nil || cmd.TxnCommit != nil || cmd.TxnResolve != nil || cmd.TxnAbort != nil || cmd.TxnForget != nil:
+		case IsTxnCommand(cmd):
 			// Its own revision bookkeeping; a failed one writes nothing.
 			t := writable()
 			ta, err := r.applyTxnCommand(b, t, cmd, rev, span, applied.CompactRevision)
@@ -597,7 +597,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			var rhsStats kvstore.Stats
 			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split)
 			if res.Err == nil && !txns.empty() {
-				res.Err = r.splitTxnState(b, writable(), cmd.Split.Right)
+				res.Err = r.splitTxnState(b, writable(), cmd.Split.Right, !r.rightInitialized(cmd.Split.Right.RangeId))
 			}
 			if res.Err == nil {
 				desc = cmd.Split.Left
@@ -749,6 +749,18 @@ var ErrDescriptorChanged = errors.New("rangekv: range descriptor changed; retry 
 // the left range's revision. Its MVCC data needs no copy: data is keyed by
 // span key, so it already sits in the right-hand span. It returns the
 // right-hand range's stats.
+// rightInitialized reports whether the right-hand replica of a split
+// exists here initialized already (by a snapshot).
+func (r *Replica) rightInitialized(rangeID uint64) bool {
+	existing := r.store.Replica(rangeID)
+	if existing == nil {
+		return false
+	}
+	existing.mu.Lock()
+	defer existing.mu.Unlock()
+	return existing.initializedLocked()
+}
+
 func (r *Replica) stageSplit(b *pebble.Batch, cur *txnproto.RangeDescriptor, applied *txnproto.AppliedState,
 	sc *txnproto.SplitCommand) (kvstore.Stats, error) {
 	l, rt := sc.Left, sc.Right
@@ -761,16 +773,11 @@ func (r *Replica) stageSplit(b *pebble.Batch, cur *txnproto.RangeDescriptor, app
 	if err := setProto(b, kvstore.RangeDescriptorKey(l.RangeId), l); err != nil {
 		return kvstore.Stats{}, err
 	}
-	if existing := r.store.Replica(rt.RangeId); existing != nil {
-		existing.mu.Lock()
-		init := existing.initializedLocked()
-		existing.mu.Unlock()
-		if init {
-			// A snapshot initialized the right-hand replica already (this
-			// replica's span could not have covered it then); it is newer
-			// than anything the split would write.
-			return kvstore.Stats{}, nil
-		}
+	if r.rightInitialized(rt.RangeId) {
+		// A snapshot initialized the right-hand replica already (this
+		// replica's span could not have covered it then); it is newer
+		// than anything the split would write.
+		return kvstore.Stats{}, nil
 	}
 	// An uninitialized right-hand replica may have voted: keep its term and
 	// vote so it never votes twice in a term.

@@ -37,7 +37,7 @@ import (
 //     coordinator); commit and abort are decided by the record's first
 //     transition in the anchor's log, so exactly one wins.
 //   - A split hands the right-hand range the records anchored in it and
-//     the part of every intent inside it (splitTxnState).
+//     the intents over its keys, and never cuts an intent (splitTxnState).
 
 // txnTable is a replica's transaction state, keyed by transaction ID. An
 // installed table (Replica.txns) is never modified: apply copies it first.
@@ -163,6 +163,12 @@ var (
 	ErrTxnAborted = errors.New("rangekv: transaction aborted")
 	// ErrTxnNotFound: a commit found no pending record.
 	ErrTxnNotFound = errors.New("rangekv: transaction record not found")
+	// ErrTxnNotExpired: a recover applied before the transaction's expiry
+	// (a prepare could still come); the recoverer retries later.
+	ErrTxnNotExpired = errors.New("rangekv: transaction not expired yet")
+	// ErrSplitThroughIntent: a split key inside the spans of an intent;
+	// the splitter retries once the intent resolves.
+	ErrSplitThroughIntent = errors.New("rangekv: split key inside a transaction's locked keys; retry the split")
 )
 
 // txnApply is the outcome of one transaction command in stageApply.
@@ -189,7 +195,9 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 	case cmd.TxnPrepare != nil:
 		in := cmd.TxnPrepare.Intent
 		id := string(in.GetTxn().GetId())
-		if physicalMS(cmd.Timestamp) > in.GetTxn().GetExpiryMs() {
+		if physicalMS(rev) > in.GetTxn().GetExpiryMs() {
+			// Revisions grow along the log: once one past the expiry
+			// applied (a recovery's), no prepare of the txn ever does.
 			return out, ErrTxnAborted
 		}
 		for _, s := range in.Spans {
@@ -218,32 +226,34 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 			t.intents[id] = in
 			out.closeAt = rev
 			if cmd.TxnPrepare.Anchor {
-				rec := &txnproto.TxnRecord{Txn: in.Txn, Status: txnproto.TxnStatus_TXN_PENDING}
+				rec := &txnproto.TxnRecord{Txn: in.Txn, Status: txnproto.TxnStatus_TXN_PENDING,
+					Request: cmd.TxnPrepare.Request, Participants: cmd.TxnPrepare.Participants}
 				if err := setProto(b, kvstore.TxnRecordKey(r.RangeID, in.Txn.Id), rec); err != nil {
 					return out, err
 				}
 				t.records[id] = rec
 			}
 		}
-		// The locked spans' live keys, read through b (earlier commands
-		// of this pass included): nothing changes them until the intent
-		// resolves.
-		for _, s := range in.Spans {
-			var ferr error
-			if _, err := kvstore.MVCCScan(b, s.Start, s.End, 0, 0, func(kv *mvccpb.KeyValue) bool {
-				data, err := proto.Marshal(kv)
-				if err != nil {
-					ferr = err
-					return false
-				}
-				res.Kvs = append(res.Kvs, data)
-				return true
-			}); err != nil || ferr != nil {
-				return out, errors.Join(err, ferr)
-			}
+		kvs, err := lockedKVs(b, t.intents[id])
+		if err != nil {
+			return out, err
 		}
+		res.Kvs = kvs
 		out.resp = res
 		t.recompute()
+	case cmd.TxnRecover != nil:
+		if physicalMS(rev) <= cmd.TxnRecover.ExpiryMs {
+			return out, ErrTxnNotExpired
+		}
+		res := &txnproto.TxnCommandResult{}
+		if in, ok := t.intents[string(cmd.TxnRecover.TxnId)]; ok {
+			kvs, err := lockedKVs(b, in)
+			if err != nil {
+				return out, err
+			}
+			res.Prepared, res.PrepareRevision, res.Kvs = true, in.PrepareRevision, kvs
+		}
+		out.resp = res
 	case cmd.TxnCommit != nil:
 		c := cmd.TxnCommit
 		id := string(c.TxnId)
@@ -282,8 +292,8 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 			// Never prepared here (or long forgotten): an aborted record
 			// makes a late prepare fail.
 			rec = &txnproto.TxnRecord{Txn: meta, Status: txnproto.TxnStatus_TXN_ABORTED}
-		case rec.Status == txnproto.TxnStatus_TXN_PENDING &&
-			(cmd.TxnAbort.Coordinator || physicalMS(cmd.Timestamp) > rec.Txn.GetExpiryMs()):
+		case rec.Status == txnproto.TxnStatus_TXN_PENDING && (cmd.TxnAbort.Coordinator ||
+			cmd.TxnAbort.Recovered && physicalMS(rev) > rec.Txn.GetExpiryMs()):
 			rec = &txnproto.TxnRecord{Txn: rec.Txn, Status: txnproto.TxnStatus_TXN_ABORTED}
 		default:
 			out.resp = &txnproto.TxnCommandResult{Record: rec}
@@ -512,10 +522,12 @@ func (r *Replica) installTxnsLocked(t *txnTable) {
 
 // splitTxnState moves, within a split's batch, the transaction state of
 // the keys the right-hand range right takes: records whose anchor key it
-// holds, and the parts of intents inside it (an intent over the split key
-// becomes one on each side, with the same prepare revision). t is the
-// left-hand table, updated in place.
-func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.RangeDescriptor) error {
+// holds and intents over its keys. A split key inside an intent's spans
+// fails with ErrSplitThroughIntent: a participant stays one range, so
+// recovery finds every intent where the record says. t is the left-hand
+// table, updated in place. write is false when a snapshot initialized the
+// right-hand replica already: it carries newer state of its own.
+func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.RangeDescriptor, write bool) error {
 	key := right.StartKey
 	for id, rec := range t.records {
 		if bytes.Compare(rec.Txn.GetAnchorKey(), key) < 0 {
@@ -524,57 +536,73 @@ func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.Ra
 		if err := b.Delete(kvstore.TxnRecordKey(r.RangeID, []byte(id)), nil); err != nil {
 			return err
 		}
-		if err := setProto(b, kvstore.TxnRecordKey(right.RangeId, []byte(id)), rec); err != nil {
-			return err
+		if write {
+			if err := setProto(b, kvstore.TxnRecordKey(right.RangeId, []byte(id)), rec); err != nil {
+				return err
+			}
 		}
 		delete(t.records, id)
 	}
-	for id, in := range t.intents {
-		var left, rhs []*txnproto.TxnSpan
+	for _, in := range t.intents {
 		for _, s := range in.Spans {
-			if bytes.Compare(s.Start, key) < 0 {
-				left = append(left, &txnproto.TxnSpan{Start: s.Start, End: minKey(s.End, key)})
-			}
-			if bytes.Compare(s.End, key) > 0 {
-				rhs = append(rhs, &txnproto.TxnSpan{Start: maxKey(s.Start, key), End: s.End})
+			if bytes.Compare(s.Start, key) < 0 && bytes.Compare(key, s.End) < 0 {
+				return ErrSplitThroughIntent
 			}
 		}
-		if len(rhs) == 0 {
+	}
+	for id, in := range t.intents {
+		if bytes.Compare(in.Spans[0].Start, key) < 0 {
 			continue
 		}
-		rin := proto.Clone(in).(*txnproto.TxnIntent)
-		rin.Spans = rhs
-		if err := setProto(b, kvstore.IntentKey(right.RangeId, []byte(id)), rin); err != nil {
+		if err := b.Delete(kvstore.IntentKey(r.RangeID, []byte(id)), nil); err != nil {
 			return err
 		}
-		if len(left) == 0 {
-			if err := b.Delete(kvstore.IntentKey(r.RangeID, []byte(id)), nil); err != nil {
+		if write {
+			if err := setProto(b, kvstore.IntentKey(right.RangeId, []byte(id)), in); err != nil {
 				return err
 			}
-			delete(t.intents, id)
-			continue
 		}
-		lin := proto.Clone(in).(*txnproto.TxnIntent)
-		lin.Spans = left
-		if err := setProto(b, kvstore.IntentKey(r.RangeID, []byte(id)), lin); err != nil {
-			return err
-		}
-		t.intents[id] = lin
+		delete(t.intents, id)
 	}
 	t.recompute()
 	return nil
 }
 
-func minKey(a, b []byte) []byte {
-	if bytes.Compare(a, b) < 0 {
-		return a
+// lockedKVs reads the live keys of an intent's spans through b (earlier
+// commands of the apply pass included), marshaled, in key order: nothing
+// changes them until the intent resolves.
+func lockedKVs(b pebble.Reader, in *txnproto.TxnIntent) ([][]byte, error) {
+	var out [][]byte
+	for _, s := range in.Spans {
+		var ferr error
+		if _, err := kvstore.MVCCScan(b, s.Start, s.End, 0, 0, func(kv *mvccpb.KeyValue) bool {
+			data, err := proto.Marshal(kv)
+			if err != nil {
+				ferr = err
+				return false
+			}
+			out = append(out, data)
+			return true
+		}); err != nil || ferr != nil {
+			return nil, errors.Join(err, ferr)
+		}
 	}
-	return b
+	return out, nil
 }
 
-func maxKey(a, b []byte) []byte {
-	if bytes.Compare(a, b) > 0 {
-		return a
+// IsTxnCommand reports whether cmd carries exactly one transaction command
+// and nothing else.
+func IsTxnCommand(cmd *txnproto.Command) bool {
+	if cmd == nil || cmd.Put != nil || cmd.DeleteRange != nil || cmd.Txn != nil || cmd.Compact != nil ||
+		cmd.Split != nil || cmd.Close != nil {
+		return false
 	}
-	return b
+	n := 0
+	for _, set := range []bool{cmd.TxnPrepare != nil, cmd.TxnCommit != nil, cmd.TxnResolve != nil,
+		cmd.TxnAbort != nil, cmd.TxnForget != nil, cmd.TxnRecover != nil} {
+		if set {
+			n++
+		}
+	}
+	return n == 1
 }

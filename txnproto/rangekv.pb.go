@@ -730,6 +730,7 @@ type Command struct {
 	TxnResolve    *TxnResolveCommand `protobuf:"bytes,18,opt,name=txn_resolve,json=txnResolve,proto3" json:"txn_resolve,omitempty"`
 	TxnAbort      *TxnAbortCommand   `protobuf:"bytes,19,opt,name=txn_abort,json=txnAbort,proto3" json:"txn_abort,omitempty"`
 	TxnForget     *TxnForgetCommand  `protobuf:"bytes,20,opt,name=txn_forget,json=txnForget,proto3" json:"txn_forget,omitempty"`
+	TxnRecover    *TxnRecoverCommand `protobuf:"bytes,21,opt,name=txn_recover,json=txnRecover,proto3" json:"txn_recover,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -858,6 +859,13 @@ func (x *Command) GetTxnAbort() *TxnAbortCommand {
 func (x *Command) GetTxnForget() *TxnForgetCommand {
 	if x != nil {
 		return x.TxnForget
+	}
+	return nil
+}
+
+func (x *Command) GetTxnRecover() *TxnRecoverCommand {
+	if x != nil {
+		return x.TxnRecover
 	}
 	return nil
 }
@@ -1133,9 +1141,13 @@ type TxnRecord struct {
 	// writes are every write of the transaction, in operation order, on
 	// every range.
 	Writes []*TxnWrite `protobuf:"bytes,4,rep,name=writes,proto3" json:"writes,omitempty"`
-	// participants holds one span key in each participant range other
-	// than the anchor, to resolve their intents.
-	Participants  [][]byte `protobuf:"bytes,5,rep,name=participants,proto3" json:"participants,omitempty"`
+	// participants holds one span key in each participant range, the
+	// anchor's first: a transaction whose every participant holds its
+	// intent is committed (parallel commit), and recovery asks them.
+	Participants [][]byte `protobuf:"bytes,5,rep,name=participants,proto3" json:"participants,omitempty"`
+	// request is the marshaled etcd TxnRequest, which recovery evaluates
+	// over the participants' locked keys exactly as the coordinator did.
+	Request       []byte `protobuf:"bytes,6,opt,name=request,proto3" json:"request,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1205,12 +1217,22 @@ func (x *TxnRecord) GetParticipants() [][]byte {
 	return nil
 }
 
+func (x *TxnRecord) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
 // TxnPrepareCommand locks spans of one range for a transaction; on the
 // anchor it also writes the pending record.
 type TxnPrepareCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intent        *TxnIntent             `protobuf:"bytes,1,opt,name=intent,proto3" json:"intent,omitempty"`
-	Anchor        bool                   `protobuf:"varint,2,opt,name=anchor,proto3" json:"anchor,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Intent *TxnIntent             `protobuf:"bytes,1,opt,name=intent,proto3" json:"intent,omitempty"`
+	Anchor bool                   `protobuf:"varint,2,opt,name=anchor,proto3" json:"anchor,omitempty"`
+	// On the anchor: the record's request and participants.
+	Request       []byte   `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	Participants  [][]byte `protobuf:"bytes,4,rep,name=participants,proto3" json:"participants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1259,6 +1281,75 @@ func (x *TxnPrepareCommand) GetAnchor() bool {
 	return false
 }
 
+func (x *TxnPrepareCommand) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *TxnPrepareCommand) GetParticipants() [][]byte {
+	if x != nil {
+		return x.Participants
+	}
+	return nil
+}
+
+// TxnRecoverCommand asks a participant, after the transaction's expiry
+// (when no prepare of it can apply any more), whether it holds the
+// transaction's intent, and for its locked keys if it does.
+type TxnRecoverCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	ExpiryMs      int64                  `protobuf:"varint,2,opt,name=expiry_ms,json=expiryMs,proto3" json:"expiry_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRecoverCommand) Reset() {
+	*x = TxnRecoverCommand{}
+	mi := &file_rangekv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRecoverCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRecoverCommand) ProtoMessage() {}
+
+func (x *TxnRecoverCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRecoverCommand.ProtoReflect.Descriptor instead.
+func (*TxnRecoverCommand) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TxnRecoverCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnRecoverCommand) GetExpiryMs() int64 {
+	if x != nil {
+		return x.ExpiryMs
+	}
+	return 0
+}
+
 // TxnCommitCommand commits a transaction on its anchor range: the record
 // becomes committed, and the anchor's own writes apply and its intent is
 // released in the same command.
@@ -1274,7 +1365,7 @@ type TxnCommitCommand struct {
 
 func (x *TxnCommitCommand) Reset() {
 	*x = TxnCommitCommand{}
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1377,7 @@ func (x *TxnCommitCommand) String() string {
 func (*TxnCommitCommand) ProtoMessage() {}
 
 func (x *TxnCommitCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[16]
+	mi := &file_rangekv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1390,7 @@ func (x *TxnCommitCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommitCommand.ProtoReflect.Descriptor instead.
 func (*TxnCommitCommand) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{16}
+	return file_rangekv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TxnCommitCommand) GetTxnId() []byte {
@@ -1344,7 +1435,7 @@ type TxnResolveCommand struct {
 
 func (x *TxnResolveCommand) Reset() {
 	*x = TxnResolveCommand{}
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1447,7 @@ func (x *TxnResolveCommand) String() string {
 func (*TxnResolveCommand) ProtoMessage() {}
 
 func (x *TxnResolveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[17]
+	mi := &file_rangekv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1460,7 @@ func (x *TxnResolveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResolveCommand.ProtoReflect.Descriptor instead.
 func (*TxnResolveCommand) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{17}
+	return file_rangekv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TxnResolveCommand) GetTxnId() []byte {
@@ -1401,20 +1492,23 @@ func (x *TxnResolveCommand) GetWrites() []*TxnWrite {
 }
 
 // TxnAbortCommand aborts a transaction on its anchor range if its record
-// is pending and either expired or coordinator is set, or absent (an
-// aborted record is written so that a late prepare fails). The result
-// carries the record as it stands after the command.
+// is absent (an aborted record is written so that a late prepare fails),
+// or pending and either coordinator is set (the coordinator gave up) or
+// recovered is set past the expiry (a participant lacks its intent).
+// Otherwise it only reads the record. The result carries the record as
+// it stands after the command.
 type TxnAbortCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Txn           *TxnMeta               `protobuf:"bytes,1,opt,name=txn,proto3" json:"txn,omitempty"`
 	Coordinator   bool                   `protobuf:"varint,2,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	Recovered     bool                   `protobuf:"varint,3,opt,name=recovered,proto3" json:"recovered,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TxnAbortCommand) Reset() {
 	*x = TxnAbortCommand{}
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1520,7 @@ func (x *TxnAbortCommand) String() string {
 func (*TxnAbortCommand) ProtoMessage() {}
 
 func (x *TxnAbortCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[18]
+	mi := &file_rangekv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1533,7 @@ func (x *TxnAbortCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnAbortCommand.ProtoReflect.Descriptor instead.
 func (*TxnAbortCommand) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{18}
+	return file_rangekv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TxnAbortCommand) GetTxn() *TxnMeta {
@@ -1456,6 +1550,13 @@ func (x *TxnAbortCommand) GetCoordinator() bool {
 	return false
 }
 
+func (x *TxnAbortCommand) GetRecovered() bool {
+	if x != nil {
+		return x.Recovered
+	}
+	return false
+}
+
 // TxnForgetCommand removes a finalized record whose intents are resolved.
 type TxnForgetCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1466,7 +1567,7 @@ type TxnForgetCommand struct {
 
 func (x *TxnForgetCommand) Reset() {
 	*x = TxnForgetCommand{}
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1579,7 @@ func (x *TxnForgetCommand) String() string {
 func (*TxnForgetCommand) ProtoMessage() {}
 
 func (x *TxnForgetCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[19]
+	mi := &file_rangekv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1592,7 @@ func (x *TxnForgetCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnForgetCommand.ProtoReflect.Descriptor instead.
 func (*TxnForgetCommand) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{19}
+	return file_rangekv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TxnForgetCommand) GetTxnId() []byte {
@@ -1508,15 +1609,18 @@ type TxnCommandResult struct {
 	PrepareRevision int64 `protobuf:"varint,1,opt,name=prepare_revision,json=prepareRevision,proto3" json:"prepare_revision,omitempty"`
 	// kvs are a prepare's locked spans' live keys (marshaled
 	// mvccpb.KeyValue), in key order.
-	Kvs           [][]byte   `protobuf:"bytes,2,rep,name=kvs,proto3" json:"kvs,omitempty"`
-	Record        *TxnRecord `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	Kvs    [][]byte   `protobuf:"bytes,2,rep,name=kvs,proto3" json:"kvs,omitempty"`
+	Record *TxnRecord `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	// prepared reports, for a recover, that the participant holds the
+	// intent (prepare_revision and kvs are then set).
+	Prepared      bool `protobuf:"varint,4,opt,name=prepared,proto3" json:"prepared,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TxnCommandResult) Reset() {
 	*x = TxnCommandResult{}
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1632,7 @@ func (x *TxnCommandResult) String() string {
 func (*TxnCommandResult) ProtoMessage() {}
 
 func (x *TxnCommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[20]
+	mi := &file_rangekv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1645,7 @@ func (x *TxnCommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommandResult.ProtoReflect.Descriptor instead.
 func (*TxnCommandResult) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{20}
+	return file_rangekv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TxnCommandResult) GetPrepareRevision() int64 {
@@ -1565,6 +1669,13 @@ func (x *TxnCommandResult) GetRecord() *TxnRecord {
 	return nil
 }
 
+func (x *TxnCommandResult) GetPrepared() bool {
+	if x != nil {
+		return x.Prepared
+	}
+	return false
+}
+
 // TxnCommandRequest asks the leader of the range holding key to propose
 // command (the peer-port TxnService).
 type TxnCommandRequest struct {
@@ -1577,7 +1688,7 @@ type TxnCommandRequest struct {
 
 func (x *TxnCommandRequest) Reset() {
 	*x = TxnCommandRequest{}
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1700,7 @@ func (x *TxnCommandRequest) String() string {
 func (*TxnCommandRequest) ProtoMessage() {}
 
 func (x *TxnCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[21]
+	mi := &file_rangekv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1713,7 @@ func (x *TxnCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommandRequest.ProtoReflect.Descriptor instead.
 func (*TxnCommandRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{21}
+	return file_rangekv_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TxnCommandRequest) GetKey() []byte {
@@ -1629,7 +1740,7 @@ type TxnCommandResponse struct {
 
 func (x *TxnCommandResponse) Reset() {
 	*x = TxnCommandResponse{}
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1752,7 @@ func (x *TxnCommandResponse) String() string {
 func (*TxnCommandResponse) ProtoMessage() {}
 
 func (x *TxnCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[22]
+	mi := &file_rangekv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1765,7 @@ func (x *TxnCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommandResponse.ProtoReflect.Descriptor instead.
 func (*TxnCommandResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{22}
+	return file_rangekv_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TxnCommandResponse) GetResult() *TxnCommandResult {
@@ -1685,7 +1796,7 @@ type RaftMessage struct {
 
 func (x *RaftMessage) Reset() {
 	*x = RaftMessage{}
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1808,7 @@ func (x *RaftMessage) String() string {
 func (*RaftMessage) ProtoMessage() {}
 
 func (x *RaftMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[23]
+	mi := &file_rangekv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1821,7 @@ func (x *RaftMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessage.ProtoReflect.Descriptor instead.
 func (*RaftMessage) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{23}
+	return file_rangekv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RaftMessage) GetRangeId() uint64 {
@@ -1780,7 +1891,7 @@ type RaftMessageBatch struct {
 
 func (x *RaftMessageBatch) Reset() {
 	*x = RaftMessageBatch{}
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +1903,7 @@ func (x *RaftMessageBatch) String() string {
 func (*RaftMessageBatch) ProtoMessage() {}
 
 func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[24]
+	mi := &file_rangekv_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +1916,7 @@ func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessageBatch.ProtoReflect.Descriptor instead.
 func (*RaftMessageBatch) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{24}
+	return file_rangekv_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RaftMessageBatch) GetClusterId() uint64 {
@@ -1929,7 +2040,7 @@ type IdleGroupUpdate struct {
 
 func (x *IdleGroupUpdate) Reset() {
 	*x = IdleGroupUpdate{}
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2052,7 @@ func (x *IdleGroupUpdate) String() string {
 func (*IdleGroupUpdate) ProtoMessage() {}
 
 func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[25]
+	mi := &file_rangekv_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2065,7 @@ func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleGroupUpdate.ProtoReflect.Descriptor instead.
 func (*IdleGroupUpdate) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{25}
+	return file_rangekv_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IdleGroupUpdate) GetGroupId() uint64 {
@@ -2010,7 +2121,7 @@ type IdleGroupJoin struct {
 
 func (x *IdleGroupJoin) Reset() {
 	*x = IdleGroupJoin{}
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2133,7 @@ func (x *IdleGroupJoin) String() string {
 func (*IdleGroupJoin) ProtoMessage() {}
 
 func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2035,7 +2146,7 @@ func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleGroupJoin.ProtoReflect.Descriptor instead.
 func (*IdleGroupJoin) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{26}
+	return file_rangekv_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IdleGroupJoin) GetRangeId() uint64 {
@@ -2067,7 +2178,7 @@ type ClosedTimestamp struct {
 
 func (x *ClosedTimestamp) Reset() {
 	*x = ClosedTimestamp{}
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2190,7 @@ func (x *ClosedTimestamp) String() string {
 func (*ClosedTimestamp) ProtoMessage() {}
 
 func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2203,7 @@ func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedTimestamp.ProtoReflect.Descriptor instead.
 func (*ClosedTimestamp) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{27}
+	return file_rangekv_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ClosedTimestamp) GetRangeId() uint64 {
@@ -2125,7 +2236,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2248,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2261,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{28}
+	return file_rangekv_proto_rawDescGZIP(), []int{29}
 }
 
 // KeyValue is one raw engine key and value in a snapshot stream.
@@ -2164,7 +2275,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2287,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2300,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{29}
+	return file_rangekv_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -2228,7 +2339,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_rangekv_proto_msgTypes[30]
+	mi := &file_rangekv_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2351,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[30]
+	mi := &file_rangekv_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2364,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{30}
+	return file_rangekv_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SnapshotChunk) GetClusterId() uint64 {
@@ -2337,7 +2448,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_rangekv_proto_msgTypes[31]
+	mi := &file_rangekv_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2460,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[31]
+	mi := &file_rangekv_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2473,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{31}
+	return file_rangekv_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SnapshotResponse) GetApplied() bool {
@@ -2398,7 +2509,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_rangekv_proto_msgTypes[32]
+	mi := &file_rangekv_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2521,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[32]
+	mi := &file_rangekv_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2534,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{32}
+	return file_rangekv_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -2497,7 +2608,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_rangekv_proto_msgTypes[33]
+	mi := &file_rangekv_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2509,7 +2620,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[33]
+	mi := &file_rangekv_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2522,7 +2633,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{33}
+	return file_rangekv_proto_rawDescGZIP(), []int{34}
 }
 
 type ListRangesResponse struct {
@@ -2534,7 +2645,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_rangekv_proto_msgTypes[34]
+	mi := &file_rangekv_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2657,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[34]
+	mi := &file_rangekv_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2670,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{34}
+	return file_rangekv_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -2578,7 +2689,7 @@ type RangeForKeyRequest struct {
 
 func (x *RangeForKeyRequest) Reset() {
 	*x = RangeForKeyRequest{}
-	mi := &file_rangekv_proto_msgTypes[35]
+	mi := &file_rangekv_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2701,7 @@ func (x *RangeForKeyRequest) String() string {
 func (*RangeForKeyRequest) ProtoMessage() {}
 
 func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[35]
+	mi := &file_rangekv_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2714,7 @@ func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeForKeyRequest.ProtoReflect.Descriptor instead.
 func (*RangeForKeyRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{35}
+	return file_rangekv_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RangeForKeyRequest) GetKey() []byte {
@@ -2622,7 +2733,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[36]
+	mi := &file_rangekv_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2634,7 +2745,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[36]
+	mi := &file_rangekv_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2647,7 +2758,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{36}
+	return file_rangekv_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -2667,7 +2778,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[37]
+	mi := &file_rangekv_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2679,7 +2790,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[37]
+	mi := &file_rangekv_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2803,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{37}
+	return file_rangekv_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -2717,7 +2828,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rangekv_proto_msgTypes[38]
+	mi := &file_rangekv_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +2840,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[38]
+	mi := &file_rangekv_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +2853,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{38}
+	return file_rangekv_proto_rawDescGZIP(), []int{39}
 }
 
 // NodeInfo is a node with what it carries.
@@ -2757,7 +2868,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_rangekv_proto_msgTypes[39]
+	mi := &file_rangekv_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2880,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[39]
+	mi := &file_rangekv_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2893,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{39}
+	return file_rangekv_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeInfo) GetMember() *Member {
@@ -2815,7 +2926,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rangekv_proto_msgTypes[40]
+	mi := &file_rangekv_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2827,7 +2938,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[40]
+	mi := &file_rangekv_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2840,7 +2951,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{40}
+	return file_rangekv_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -2860,7 +2971,7 @@ type CloseRangeRequest struct {
 
 func (x *CloseRangeRequest) Reset() {
 	*x = CloseRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[41]
+	mi := &file_rangekv_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2872,7 +2983,7 @@ func (x *CloseRangeRequest) String() string {
 func (*CloseRangeRequest) ProtoMessage() {}
 
 func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[41]
+	mi := &file_rangekv_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2885,7 +2996,7 @@ func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeRequest.ProtoReflect.Descriptor instead.
 func (*CloseRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{41}
+	return file_rangekv_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CloseRangeRequest) GetRangeId() uint64 {
@@ -2911,7 +3022,7 @@ type CloseRangeResponse struct {
 
 func (x *CloseRangeResponse) Reset() {
 	*x = CloseRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[42]
+	mi := &file_rangekv_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2923,7 +3034,7 @@ func (x *CloseRangeResponse) String() string {
 func (*CloseRangeResponse) ProtoMessage() {}
 
 func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[42]
+	mi := &file_rangekv_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2936,7 +3047,7 @@ func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeResponse.ProtoReflect.Descriptor instead.
 func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{42}
+	return file_rangekv_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CloseRangeResponse) GetReadableRevision() int64 {
@@ -2959,7 +3070,7 @@ type MoveLeaderRequest struct {
 
 func (x *MoveLeaderRequest) Reset() {
 	*x = MoveLeaderRequest{}
-	mi := &file_rangekv_proto_msgTypes[43]
+	mi := &file_rangekv_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2971,7 +3082,7 @@ func (x *MoveLeaderRequest) String() string {
 func (*MoveLeaderRequest) ProtoMessage() {}
 
 func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[43]
+	mi := &file_rangekv_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2984,7 +3095,7 @@ func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderRequest.ProtoReflect.Descriptor instead.
 func (*MoveLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{43}
+	return file_rangekv_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *MoveLeaderRequest) GetKey() []byte {
@@ -3017,7 +3128,7 @@ type MoveLeaderResponse struct {
 
 func (x *MoveLeaderResponse) Reset() {
 	*x = MoveLeaderResponse{}
-	mi := &file_rangekv_proto_msgTypes[44]
+	mi := &file_rangekv_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3029,7 +3140,7 @@ func (x *MoveLeaderResponse) String() string {
 func (*MoveLeaderResponse) ProtoMessage() {}
 
 func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[44]
+	mi := &file_rangekv_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3042,7 +3153,7 @@ func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderResponse.ProtoReflect.Descriptor instead.
 func (*MoveLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{44}
+	return file_rangekv_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *MoveLeaderResponse) GetRange() *RangeInfo {
@@ -3100,7 +3211,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x04left\x18\x01 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x04left\x127\n" +
 	"\x05right\x18\x02 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x05right\"*\n" +
 	"\fCloseCommand\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\x9d\x05\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xe3\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\rproposer_node\x18\x02 \x01(\x04R\fproposerNode\x12\x1c\n" +
@@ -3120,7 +3231,9 @@ const file_rangekv_proto_rawDesc = "" +
 	"txnResolve\x12>\n" +
 	"\ttxn_abort\x18\x13 \x01(\v2!.rangekv.txnproto.TxnAbortCommandR\btxnAbort\x12A\n" +
 	"\n" +
-	"txn_forget\x18\x14 \x01(\v2\".rangekv.txnproto.TxnForgetCommandR\ttxnForget\"w\n" +
+	"txn_forget\x18\x14 \x01(\v2\".rangekv.txnproto.TxnForgetCommandR\ttxnForget\x12D\n" +
+	"\vtxn_recover\x18\x15 \x01(\v2#.rangekv.txnproto.TxnRecoverCommandR\n" +
+	"txnRecover\"w\n" +
 	"\aTxnMeta\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x1d\n" +
 	"\n" +
@@ -3138,16 +3251,22 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
 	"\x05lease\x18\x03 \x01(\x03R\x05lease\x12\x16\n" +
-	"\x06delete\x18\x04 \x01(\bR\x06delete\"\xee\x01\n" +
+	"\x06delete\x18\x04 \x01(\bR\x06delete\"\x88\x02\n" +
 	"\tTxnRecord\x12+\n" +
 	"\x03txn\x18\x01 \x01(\v2\x19.rangekv.txnproto.TxnMetaR\x03txn\x123\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1b.rangekv.txnproto.TxnStatusR\x06status\x12'\n" +
 	"\x0fcommit_revision\x18\x03 \x01(\x03R\x0ecommitRevision\x122\n" +
 	"\x06writes\x18\x04 \x03(\v2\x1a.rangekv.txnproto.TxnWriteR\x06writes\x12\"\n" +
-	"\fparticipants\x18\x05 \x03(\fR\fparticipants\"`\n" +
+	"\fparticipants\x18\x05 \x03(\fR\fparticipants\x12\x18\n" +
+	"\arequest\x18\x06 \x01(\fR\arequest\"\x9e\x01\n" +
 	"\x11TxnPrepareCommand\x123\n" +
 	"\x06intent\x18\x01 \x01(\v2\x1b.rangekv.txnproto.TxnIntentR\x06intent\x12\x16\n" +
-	"\x06anchor\x18\x02 \x01(\bR\x06anchor\"\xaa\x01\n" +
+	"\x06anchor\x18\x02 \x01(\bR\x06anchor\x12\x18\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\x12\"\n" +
+	"\fparticipants\x18\x04 \x03(\fR\fparticipants\"G\n" +
+	"\x11TxnRecoverCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1b\n" +
+	"\texpiry_ms\x18\x02 \x01(\x03R\bexpiryMs\"\xaa\x01\n" +
 	"\x10TxnCommitCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12'\n" +
 	"\x0fcommit_revision\x18\x02 \x01(\x03R\x0ecommitRevision\x122\n" +
@@ -3157,16 +3276,18 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\bR\x06commit\x12'\n" +
 	"\x0fcommit_revision\x18\x03 \x01(\x03R\x0ecommitRevision\x122\n" +
-	"\x06writes\x18\x04 \x03(\v2\x1a.rangekv.txnproto.TxnWriteR\x06writes\"`\n" +
+	"\x06writes\x18\x04 \x03(\v2\x1a.rangekv.txnproto.TxnWriteR\x06writes\"~\n" +
 	"\x0fTxnAbortCommand\x12+\n" +
 	"\x03txn\x18\x01 \x01(\v2\x19.rangekv.txnproto.TxnMetaR\x03txn\x12 \n" +
-	"\vcoordinator\x18\x02 \x01(\bR\vcoordinator\")\n" +
+	"\vcoordinator\x18\x02 \x01(\bR\vcoordinator\x12\x1c\n" +
+	"\trecovered\x18\x03 \x01(\bR\trecovered\")\n" +
 	"\x10TxnForgetCommand\x12\x15\n" +
-	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\"\x84\x01\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\"\xa0\x01\n" +
 	"\x10TxnCommandResult\x12)\n" +
 	"\x10prepare_revision\x18\x01 \x01(\x03R\x0fprepareRevision\x12\x10\n" +
 	"\x03kvs\x18\x02 \x03(\fR\x03kvs\x123\n" +
-	"\x06record\x18\x03 \x01(\v2\x1b.rangekv.txnproto.TxnRecordR\x06record\"Z\n" +
+	"\x06record\x18\x03 \x01(\v2\x1b.rangekv.txnproto.TxnRecordR\x06record\x12\x1a\n" +
+	"\bprepared\x18\x04 \x01(\bR\bprepared\"Z\n" +
 	"\x11TxnCommandRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x123\n" +
 	"\acommand\x18\x02 \x01(\v2\x19.rangekv.txnproto.CommandR\acommand\"l\n" +
@@ -3316,7 +3437,7 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
 	(TxnStatus)(0),             // 1: rangekv.txnproto.TxnStatus
@@ -3336,35 +3457,36 @@ var file_rangekv_proto_goTypes = []any{
 	(*TxnWrite)(nil),           // 15: rangekv.txnproto.TxnWrite
 	(*TxnRecord)(nil),          // 16: rangekv.txnproto.TxnRecord
 	(*TxnPrepareCommand)(nil),  // 17: rangekv.txnproto.TxnPrepareCommand
-	(*TxnCommitCommand)(nil),   // 18: rangekv.txnproto.TxnCommitCommand
-	(*TxnResolveCommand)(nil),  // 19: rangekv.txnproto.TxnResolveCommand
-	(*TxnAbortCommand)(nil),    // 20: rangekv.txnproto.TxnAbortCommand
-	(*TxnForgetCommand)(nil),   // 21: rangekv.txnproto.TxnForgetCommand
-	(*TxnCommandResult)(nil),   // 22: rangekv.txnproto.TxnCommandResult
-	(*TxnCommandRequest)(nil),  // 23: rangekv.txnproto.TxnCommandRequest
-	(*TxnCommandResponse)(nil), // 24: rangekv.txnproto.TxnCommandResponse
-	(*RaftMessage)(nil),        // 25: rangekv.txnproto.RaftMessage
-	(*RaftMessageBatch)(nil),   // 26: rangekv.txnproto.RaftMessageBatch
-	(*IdleGroupUpdate)(nil),    // 27: rangekv.txnproto.IdleGroupUpdate
-	(*IdleGroupJoin)(nil),      // 28: rangekv.txnproto.IdleGroupJoin
-	(*ClosedTimestamp)(nil),    // 29: rangekv.txnproto.ClosedTimestamp
-	(*BatchAck)(nil),           // 30: rangekv.txnproto.BatchAck
-	(*KeyValue)(nil),           // 31: rangekv.txnproto.KeyValue
-	(*SnapshotChunk)(nil),      // 32: rangekv.txnproto.SnapshotChunk
-	(*SnapshotResponse)(nil),   // 33: rangekv.txnproto.SnapshotResponse
-	(*RangeInfo)(nil),          // 34: rangekv.txnproto.RangeInfo
-	(*ListRangesRequest)(nil),  // 35: rangekv.txnproto.ListRangesRequest
-	(*ListRangesResponse)(nil), // 36: rangekv.txnproto.ListRangesResponse
-	(*RangeForKeyRequest)(nil), // 37: rangekv.txnproto.RangeForKeyRequest
-	(*SplitRangeRequest)(nil),  // 38: rangekv.txnproto.SplitRangeRequest
-	(*SplitRangeResponse)(nil), // 39: rangekv.txnproto.SplitRangeResponse
-	(*ListNodesRequest)(nil),   // 40: rangekv.txnproto.ListNodesRequest
-	(*NodeInfo)(nil),           // 41: rangekv.txnproto.NodeInfo
-	(*ListNodesResponse)(nil),  // 42: rangekv.txnproto.ListNodesResponse
-	(*CloseRangeRequest)(nil),  // 43: rangekv.txnproto.CloseRangeRequest
-	(*CloseRangeResponse)(nil), // 44: rangekv.txnproto.CloseRangeResponse
-	(*MoveLeaderRequest)(nil),  // 45: rangekv.txnproto.MoveLeaderRequest
-	(*MoveLeaderResponse)(nil), // 46: rangekv.txnproto.MoveLeaderResponse
+	(*TxnRecoverCommand)(nil),  // 18: rangekv.txnproto.TxnRecoverCommand
+	(*TxnCommitCommand)(nil),   // 19: rangekv.txnproto.TxnCommitCommand
+	(*TxnResolveCommand)(nil),  // 20: rangekv.txnproto.TxnResolveCommand
+	(*TxnAbortCommand)(nil),    // 21: rangekv.txnproto.TxnAbortCommand
+	(*TxnForgetCommand)(nil),   // 22: rangekv.txnproto.TxnForgetCommand
+	(*TxnCommandResult)(nil),   // 23: rangekv.txnproto.TxnCommandResult
+	(*TxnCommandRequest)(nil),  // 24: rangekv.txnproto.TxnCommandRequest
+	(*TxnCommandResponse)(nil), // 25: rangekv.txnproto.TxnCommandResponse
+	(*RaftMessage)(nil),        // 26: rangekv.txnproto.RaftMessage
+	(*RaftMessageBatch)(nil),   // 27: rangekv.txnproto.RaftMessageBatch
+	(*IdleGroupUpdate)(nil),    // 28: rangekv.txnproto.IdleGroupUpdate
+	(*IdleGroupJoin)(nil),      // 29: rangekv.txnproto.IdleGroupJoin
+	(*ClosedTimestamp)(nil),    // 30: rangekv.txnproto.ClosedTimestamp
+	(*BatchAck)(nil),           // 31: rangekv.txnproto.BatchAck
+	(*KeyValue)(nil),           // 32: rangekv.txnproto.KeyValue
+	(*SnapshotChunk)(nil),      // 33: rangekv.txnproto.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 34: rangekv.txnproto.SnapshotResponse
+	(*RangeInfo)(nil),          // 35: rangekv.txnproto.RangeInfo
+	(*ListRangesRequest)(nil),  // 36: rangekv.txnproto.ListRangesRequest
+	(*ListRangesResponse)(nil), // 37: rangekv.txnproto.ListRangesResponse
+	(*RangeForKeyRequest)(nil), // 38: rangekv.txnproto.RangeForKeyRequest
+	(*SplitRangeRequest)(nil),  // 39: rangekv.txnproto.SplitRangeRequest
+	(*SplitRangeResponse)(nil), // 40: rangekv.txnproto.SplitRangeResponse
+	(*ListNodesRequest)(nil),   // 41: rangekv.txnproto.ListNodesRequest
+	(*NodeInfo)(nil),           // 42: rangekv.txnproto.NodeInfo
+	(*ListNodesResponse)(nil),  // 43: rangekv.txnproto.ListNodesResponse
+	(*CloseRangeRequest)(nil),  // 44: rangekv.txnproto.CloseRangeRequest
+	(*CloseRangeResponse)(nil), // 45: rangekv.txnproto.CloseRangeResponse
+	(*MoveLeaderRequest)(nil),  // 46: rangekv.txnproto.MoveLeaderRequest
+	(*MoveLeaderResponse)(nil), // 47: rangekv.txnproto.MoveLeaderResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
@@ -3376,59 +3498,60 @@ var file_rangekv_proto_depIdxs = []int32{
 	9,  // 6: rangekv.txnproto.Command.split:type_name -> rangekv.txnproto.SplitCommand
 	10, // 7: rangekv.txnproto.Command.close:type_name -> rangekv.txnproto.CloseCommand
 	17, // 8: rangekv.txnproto.Command.txn_prepare:type_name -> rangekv.txnproto.TxnPrepareCommand
-	18, // 9: rangekv.txnproto.Command.txn_commit:type_name -> rangekv.txnproto.TxnCommitCommand
-	19, // 10: rangekv.txnproto.Command.txn_resolve:type_name -> rangekv.txnproto.TxnResolveCommand
-	20, // 11: rangekv.txnproto.Command.txn_abort:type_name -> rangekv.txnproto.TxnAbortCommand
-	21, // 12: rangekv.txnproto.Command.txn_forget:type_name -> rangekv.txnproto.TxnForgetCommand
-	12, // 13: rangekv.txnproto.TxnIntent.txn:type_name -> rangekv.txnproto.TxnMeta
-	13, // 14: rangekv.txnproto.TxnIntent.spans:type_name -> rangekv.txnproto.TxnSpan
-	12, // 15: rangekv.txnproto.TxnRecord.txn:type_name -> rangekv.txnproto.TxnMeta
-	1,  // 16: rangekv.txnproto.TxnRecord.status:type_name -> rangekv.txnproto.TxnStatus
-	15, // 17: rangekv.txnproto.TxnRecord.writes:type_name -> rangekv.txnproto.TxnWrite
-	14, // 18: rangekv.txnproto.TxnPrepareCommand.intent:type_name -> rangekv.txnproto.TxnIntent
-	15, // 19: rangekv.txnproto.TxnCommitCommand.writes:type_name -> rangekv.txnproto.TxnWrite
-	15, // 20: rangekv.txnproto.TxnResolveCommand.writes:type_name -> rangekv.txnproto.TxnWrite
-	12, // 21: rangekv.txnproto.TxnAbortCommand.txn:type_name -> rangekv.txnproto.TxnMeta
-	16, // 22: rangekv.txnproto.TxnCommandResult.record:type_name -> rangekv.txnproto.TxnRecord
-	11, // 23: rangekv.txnproto.TxnCommandRequest.command:type_name -> rangekv.txnproto.Command
-	22, // 24: rangekv.txnproto.TxnCommandResponse.result:type_name -> rangekv.txnproto.TxnCommandResult
-	25, // 25: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
-	29, // 26: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
-	27, // 27: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
-	28, // 28: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
-	6,  // 29: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
-	3,  // 30: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
-	31, // 31: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
-	2,  // 32: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
-	34, // 33: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
-	34, // 34: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
-	34, // 35: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
-	4,  // 36: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
-	41, // 37: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
-	34, // 38: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
-	23, // 39: rangekv.txnproto.TxnService.TxnCommand:input_type -> rangekv.txnproto.TxnCommandRequest
-	26, // 40: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	32, // 41: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	35, // 42: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
-	37, // 43: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
-	38, // 44: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
-	40, // 45: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	43, // 46: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
-	45, // 47: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
-	24, // 48: rangekv.txnproto.TxnService.TxnCommand:output_type -> rangekv.txnproto.TxnCommandResponse
-	30, // 49: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	33, // 50: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	36, // 51: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	34, // 52: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	39, // 53: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	42, // 54: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	44, // 55: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
-	46, // 56: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
-	48, // [48:57] is the sub-list for method output_type
-	39, // [39:48] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	19, // 9: rangekv.txnproto.Command.txn_commit:type_name -> rangekv.txnproto.TxnCommitCommand
+	20, // 10: rangekv.txnproto.Command.txn_resolve:type_name -> rangekv.txnproto.TxnResolveCommand
+	21, // 11: rangekv.txnproto.Command.txn_abort:type_name -> rangekv.txnproto.TxnAbortCommand
+	22, // 12: rangekv.txnproto.Command.txn_forget:type_name -> rangekv.txnproto.TxnForgetCommand
+	18, // 13: rangekv.txnproto.Command.txn_recover:type_name -> rangekv.txnproto.TxnRecoverCommand
+	12, // 14: rangekv.txnproto.TxnIntent.txn:type_name -> rangekv.txnproto.TxnMeta
+	13, // 15: rangekv.txnproto.TxnIntent.spans:type_name -> rangekv.txnproto.TxnSpan
+	12, // 16: rangekv.txnproto.TxnRecord.txn:type_name -> rangekv.txnproto.TxnMeta
+	1,  // 17: rangekv.txnproto.TxnRecord.status:type_name -> rangekv.txnproto.TxnStatus
+	15, // 18: rangekv.txnproto.TxnRecord.writes:type_name -> rangekv.txnproto.TxnWrite
+	14, // 19: rangekv.txnproto.TxnPrepareCommand.intent:type_name -> rangekv.txnproto.TxnIntent
+	15, // 20: rangekv.txnproto.TxnCommitCommand.writes:type_name -> rangekv.txnproto.TxnWrite
+	15, // 21: rangekv.txnproto.TxnResolveCommand.writes:type_name -> rangekv.txnproto.TxnWrite
+	12, // 22: rangekv.txnproto.TxnAbortCommand.txn:type_name -> rangekv.txnproto.TxnMeta
+	16, // 23: rangekv.txnproto.TxnCommandResult.record:type_name -> rangekv.txnproto.TxnRecord
+	11, // 24: rangekv.txnproto.TxnCommandRequest.command:type_name -> rangekv.txnproto.Command
+	23, // 25: rangekv.txnproto.TxnCommandResponse.result:type_name -> rangekv.txnproto.TxnCommandResult
+	26, // 26: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
+	30, // 27: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
+	28, // 28: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
+	29, // 29: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
+	6,  // 30: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
+	3,  // 31: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
+	32, // 32: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
+	2,  // 33: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	35, // 34: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
+	35, // 35: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
+	35, // 36: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
+	4,  // 37: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
+	42, // 38: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
+	35, // 39: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
+	24, // 40: rangekv.txnproto.TxnService.TxnCommand:input_type -> rangekv.txnproto.TxnCommandRequest
+	27, // 41: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	33, // 42: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	36, // 43: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	38, // 44: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	39, // 45: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	41, // 46: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	44, // 47: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	46, // 48: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
+	25, // 49: rangekv.txnproto.TxnService.TxnCommand:output_type -> rangekv.txnproto.TxnCommandResponse
+	31, // 50: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	34, // 51: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	37, // 52: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	35, // 53: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	40, // 54: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	43, // 55: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	45, // 56: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	47, // 57: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
+	49, // [49:58] is the sub-list for method output_type
+	40, // [40:49] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -3442,7 +3565,7 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
