@@ -78,7 +78,11 @@ func bankAudit(ctx context.Context, cli *clientv3.Client, opts ...clientv3.OpOpt
 		total += n
 	}
 	if total != bankAccounts*bankInitial {
-		return total, fmt.Sprintf("total %d at revision %d, want %d", total, resp.Header.Revision, bankAccounts*bankInitial), nil
+		var accts []string
+		for _, kv := range resp.Kvs {
+			accts = append(accts, fmt.Sprintf("%s=%s@%d", kv.Key, kv.Value, kv.ModRevision))
+		}
+		return total, fmt.Sprintf("total %d at revision %d, want %d: %v", total, resp.Header.Revision, bankAccounts*bankInitial, accts), nil
 	}
 	return total, "", nil
 }

@@ -418,13 +418,17 @@ func (n *Node) txnCommandLocal(ctx context.Context, r *rangeraft.Replica, key []
 	if _, err := n.store.ClockRound(ctx); err != nil {
 		return nil, err
 	}
-	res, err := r.Propose(ctx, proto.Clone(cmd).(*txnproto.Command))
+	cmd = proto.Clone(cmd).(*txnproto.Command)
+	cmd.TxnKey = key
+	res, err := r.Propose(ctx, cmd)
 	if err != nil && res.Err == nil {
 		return nil, err // not applied (or not known to be)
 	}
 	var conflict *rangeraft.IntentConflictError
 	switch {
 	case res.Err == nil:
+	case errors.Is(res.Err, kvstore.ErrKeyOutsideSpan) && cmd.TxnPrepare == nil:
+		return nil, errStaleRange // a split moved key: route again
 	case errors.As(res.Err, &conflict), errors.Is(res.Err, rangeraft.ErrTxnAborted),
 		errors.Is(res.Err, rangeraft.ErrTxnNotFound), errors.Is(res.Err, kvstore.ErrKeyOutsideSpan):
 		return nil, status.Errorf(codes.Aborted, "%s: %v", txnRetryPrefix, res.Err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/hlc"
@@ -191,6 +192,9 @@ func physicalMS(ts int64) int64 { return hlc.Physical(ts) }
 func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Command, rev int64,
 	span kvstore.Span, compactRev int64) (txnApply, error) {
 	var out txnApply
+	if k := cmd.TxnKey; k != nil && (bytes.Compare(k, span.Start) < 0 || bytes.Compare(k, span.End) >= 0) {
+		return out, kvstore.ErrKeyOutsideSpan
+	}
 	switch {
 	case cmd.TxnPrepare != nil:
 		in := cmd.TxnPrepare.Intent
@@ -299,6 +303,8 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 			out.resp = &txnproto.TxnCommandResult{Record: rec}
 			return out, nil
 		}
+		r.log.Debug("transaction aborted", zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Bool("coordinator", cmd.TxnAbort.Coordinator),
+			zap.Bool("recovered", cmd.TxnAbort.Recovered), zap.Bool("had-record", ok))
 		if err := r.resolveIntent(b, t, id, false, 0, nil, span, compactRev, &out); err != nil {
 			return out, err
 		}
@@ -327,6 +333,10 @@ func (r *Replica) resolveIntent(b *pebble.Batch, t *txnTable, id string, commit 
 	writes []*txnproto.TxnWrite, span kvstore.Span, compactRev int64, out *txnApply) error {
 	in, ok := t.intents[id]
 	if !ok {
+		if commit {
+			r.log.Debug("commit resolution without an intent (resolved before)", zap.String("txn", kvstore.TxnIDString([]byte(id))),
+				zap.Int64("commit-revision", commitRev))
+		}
 		return nil
 	}
 	if commit {
@@ -340,6 +350,7 @@ func (r *Replica) resolveIntent(b *pebble.Batch, t *txnTable, id string, commit 
 			ws = append(ws, kvstore.TxnWrite{Key: w.Key, Value: w.Value, Lease: w.Lease, Delete: w.Delete})
 		}
 		if err := kvstore.ApplyTxnWrites(wb, ws); err != nil {
+			r.log.Error("applying a committed transaction's writes failed", zap.String("txn", kvstore.TxnIDString([]byte(id))), zap.Error(err))
 			return err
 		}
 		out.events, out.evRev, out.delta = wb.Events, commitRev, wb.Delta
@@ -544,10 +555,13 @@ func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.Ra
 		delete(t.records, id)
 	}
 	for _, in := range t.intents {
-		for _, s := range in.Spans {
-			if bytes.Compare(s.Start, key) < 0 && bytes.Compare(key, s.End) < 0 {
-				return ErrSplitThroughIntent
-			}
+		// Not between any two of its spans either: an intent is one piece.
+		lo, hi := in.Spans[0].Start, in.Spans[0].End
+		for _, s := range in.Spans[1:] {
+			lo, hi = minKey(lo, s.Start), maxKey(hi, s.End)
+		}
+		if bytes.Compare(lo, key) < 0 && bytes.Compare(key, hi) < 0 {
+			return ErrSplitThroughIntent
 		}
 	}
 	for id, in := range t.intents {
@@ -605,4 +619,18 @@ func IsTxnCommand(cmd *txnproto.Command) bool {
 		}
 	}
 	return n == 1
+}
+
+func minKey(a, b []byte) []byte {
+	if bytes.Compare(a, b) < 0 {
+		return a
+	}
+	return b
+}
+
+func maxKey(a, b []byte) []byte {
+	if bytes.Compare(a, b) > 0 {
+		return a
+	}
+	return b
 }

@@ -725,12 +725,16 @@ type Command struct {
 	Split       *SplitCommand   `protobuf:"bytes,14,opt,name=split,proto3" json:"split,omitempty"`
 	Close       *CloseCommand   `protobuf:"bytes,15,opt,name=close,proto3" json:"close,omitempty"`
 	// Cross-range transaction commands (docs/transactions.md).
-	TxnPrepare    *TxnPrepareCommand `protobuf:"bytes,16,opt,name=txn_prepare,json=txnPrepare,proto3" json:"txn_prepare,omitempty"`
-	TxnCommit     *TxnCommitCommand  `protobuf:"bytes,17,opt,name=txn_commit,json=txnCommit,proto3" json:"txn_commit,omitempty"`
-	TxnResolve    *TxnResolveCommand `protobuf:"bytes,18,opt,name=txn_resolve,json=txnResolve,proto3" json:"txn_resolve,omitempty"`
-	TxnAbort      *TxnAbortCommand   `protobuf:"bytes,19,opt,name=txn_abort,json=txnAbort,proto3" json:"txn_abort,omitempty"`
-	TxnForget     *TxnForgetCommand  `protobuf:"bytes,20,opt,name=txn_forget,json=txnForget,proto3" json:"txn_forget,omitempty"`
-	TxnRecover    *TxnRecoverCommand `protobuf:"bytes,21,opt,name=txn_recover,json=txnRecover,proto3" json:"txn_recover,omitempty"`
+	TxnPrepare *TxnPrepareCommand `protobuf:"bytes,16,opt,name=txn_prepare,json=txnPrepare,proto3" json:"txn_prepare,omitempty"`
+	TxnCommit  *TxnCommitCommand  `protobuf:"bytes,17,opt,name=txn_commit,json=txnCommit,proto3" json:"txn_commit,omitempty"`
+	TxnResolve *TxnResolveCommand `protobuf:"bytes,18,opt,name=txn_resolve,json=txnResolve,proto3" json:"txn_resolve,omitempty"`
+	TxnAbort   *TxnAbortCommand   `protobuf:"bytes,19,opt,name=txn_abort,json=txnAbort,proto3" json:"txn_abort,omitempty"`
+	TxnForget  *TxnForgetCommand  `protobuf:"bytes,20,opt,name=txn_forget,json=txnForget,proto3" json:"txn_forget,omitempty"`
+	TxnRecover *TxnRecoverCommand `protobuf:"bytes,21,opt,name=txn_recover,json=txnRecover,proto3" json:"txn_recover,omitempty"`
+	// txn_key is the span key a transaction command addresses: apply
+	// refuses the command if the range no longer holds it (a split moved
+	// it since the proposer checked).
+	TxnKey        []byte `protobuf:"bytes,22,opt,name=txn_key,json=txnKey,proto3" json:"txn_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -866,6 +870,13 @@ func (x *Command) GetTxnForget() *TxnForgetCommand {
 func (x *Command) GetTxnRecover() *TxnRecoverCommand {
 	if x != nil {
 		return x.TxnRecover
+	}
+	return nil
+}
+
+func (x *Command) GetTxnKey() []byte {
+	if x != nil {
+		return x.TxnKey
 	}
 	return nil
 }
@@ -3211,7 +3222,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x04left\x18\x01 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x04left\x127\n" +
 	"\x05right\x18\x02 \x01(\v2!.rangekv.txnproto.RangeDescriptorR\x05right\"*\n" +
 	"\fCloseCommand\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xe3\x05\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xfc\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\rproposer_node\x18\x02 \x01(\x04R\fproposerNode\x12\x1c\n" +
@@ -3233,7 +3244,8 @@ const file_rangekv_proto_rawDesc = "" +
 	"\n" +
 	"txn_forget\x18\x14 \x01(\v2\".rangekv.txnproto.TxnForgetCommandR\ttxnForget\x12D\n" +
 	"\vtxn_recover\x18\x15 \x01(\v2#.rangekv.txnproto.TxnRecoverCommandR\n" +
-	"txnRecover\"w\n" +
+	"txnRecover\x12\x17\n" +
+	"\atxn_key\x18\x16 \x01(\fR\x06txnKey\"w\n" +
 	"\aTxnMeta\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x1d\n" +
 	"\n" +
