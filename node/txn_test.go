@@ -3,9 +3,11 @@ package node
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -81,4 +83,35 @@ func mustGet(t *testing.T, cli *clientv3.Client, key string) *clientv3.GetRespon
 	require.NoError(t, err)
 	require.Len(t, resp.Kvs, 1)
 	return resp
+}
+
+// TestCrossRangeTxnBadInput checks that a txn over several ranges gets
+// etcd's errors for too many operations, duplicate keys and an oversized
+// request, and that nothing is written.
+func TestCrossRangeTxnBadInput(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	_, _, err := lead.node().splitAt(ctxT(t, testWait), []byte("m"))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	cli := c.members[0].client
+
+	var ops []clientv3.Op
+	for i := range 129 {
+		ops = append(ops, clientv3.OpPut(fmt.Sprintf("%c%03d", 'a'+i%26, i), "v"))
+	}
+	_, err = cli.Txn(ctx).Then(ops...).Commit()
+	require.ErrorIs(t, err, rpctypes.ErrTooManyOps)
+
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("z", "1"), clientv3.OpPut("a", "2")).Commit()
+	require.ErrorIs(t, err, rpctypes.ErrDuplicateKey)
+
+	big := strings.Repeat("x", 1<<20)
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut("a", big), clientv3.OpPut("z", big)).Commit()
+	require.ErrorIs(t, err, rpctypes.ErrRequestTooLarge)
+
+	all, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	require.NoError(t, err)
+	require.Zero(t, all.Count)
 }
