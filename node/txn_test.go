@@ -107,7 +107,7 @@ func TestCrossRangeTxnBadInput(t *testing.T) {
 	_, err = cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("z", "1"), clientv3.OpPut("a", "2")).Commit()
 	require.ErrorIs(t, err, rpctypes.ErrDuplicateKey)
 
-	big := strings.Repeat("x", 1<<20)
+	big := strings.Repeat("x", 800<<10) // two: over 1.5 MiB, under the client's 2 MiB
 	_, err = cli.Txn(ctx).Then(clientv3.OpPut("a", big), clientv3.OpPut("z", big)).Commit()
 	require.ErrorIs(t, err, rpctypes.ErrRequestTooLarge)
 
