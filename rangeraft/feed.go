@@ -58,10 +58,14 @@ func (f *Feed) Publish(rev int64, events []*mvccpb.Event) {
 	f.events += len(events)
 	f.last = rev
 	drop := 0
-	for f.events > f.maxEvents && drop < len(f.entries)-1 {
-		f.events -= len(f.entries[drop].Events)
-		f.floor = f.entries[drop].Revision
-		drop++
+	if f.events > f.maxEvents {
+		// Trim to three quarters of the window at once: dropping one
+		// entry per publish copied the whole window every time.
+		for f.events > f.maxEvents-f.maxEvents/4 && drop < len(f.entries)-1 {
+			f.events -= len(f.entries[drop].Events)
+			f.floor = f.entries[drop].Revision
+			drop++
+		}
 	}
 	if drop > 0 {
 		f.entries = append(f.entries[:0:0], f.entries[drop:]...)

@@ -55,3 +55,22 @@ func TestFeedPark(t *testing.T) {
 	f.Reset(20)
 	expect("a")
 }
+
+// BenchmarkFeedPublishFullWindow publishes one-event entries into a feed
+// whose window is full, as a busy range's feed is after its first
+// maxEvents writes.
+func BenchmarkFeedPublishFullWindow(b *testing.B) {
+	const window = 100_000
+	f := NewFeed(0, window)
+	ev := []*mvccpb.Event{{Type: mvccpb.Event_PUT, Kv: &mvccpb.KeyValue{Key: []byte("k")}}}
+	rev := int64(0)
+	for range window {
+		rev++
+		f.Publish(rev, ev)
+	}
+	b.ResetTimer()
+	for range b.N {
+		rev++
+		f.Publish(rev, ev)
+	}
+}
