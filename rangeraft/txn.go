@@ -164,6 +164,8 @@ var (
 	ErrTxnAborted = errors.New("rangekv: transaction aborted")
 	// ErrTxnNotFound: a commit found no pending record.
 	ErrTxnNotFound = errors.New("rangekv: transaction record not found")
+	// ErrMalformedTxnCommand: a prepare without spans or transaction ID.
+	ErrMalformedTxnCommand = errors.New("rangekv: malformed transaction command")
 	// ErrTxnNotExpired: a recover applied before the transaction's expiry
 	// (a prepare could still come); the recoverer retries later.
 	ErrTxnNotExpired = errors.New("rangekv: transaction not expired yet")
@@ -199,6 +201,9 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 	case cmd.TxnPrepare != nil:
 		in := cmd.TxnPrepare.Intent
 		id := string(in.GetTxn().GetId())
+		if len(in.GetSpans()) == 0 || len(in.GetTxn().GetId()) == 0 {
+			return out, ErrMalformedTxnCommand
+		}
 		if physicalMS(rev) > in.GetTxn().GetExpiryMs() {
 			// Revisions grow along the log: once one past the expiry
 			// applied (a recovery's), no prepare of the txn ever does.
@@ -555,6 +560,9 @@ func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.Ra
 		delete(t.records, id)
 	}
 	for _, in := range t.intents {
+		if len(in.Spans) == 0 {
+			continue
+		}
 		// Not between any two of its spans either: an intent is one piece.
 		lo, hi := in.Spans[0].Start, in.Spans[0].End
 		for _, s := range in.Spans[1:] {
@@ -565,7 +573,7 @@ func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.Ra
 		}
 	}
 	for id, in := range t.intents {
-		if bytes.Compare(in.Spans[0].Start, key) < 0 {
+		if len(in.Spans) == 0 || bytes.Compare(in.Spans[0].Start, key) < 0 {
 			continue
 		}
 		if err := b.Delete(kvstore.IntentKey(r.RangeID, []byte(id)), nil); err != nil {
