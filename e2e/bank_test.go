@@ -246,8 +246,12 @@ func TestTxnCoordinatorKilled(t *testing.T) {
 	killed := time.Now()
 	c.kill(0)
 	for _, k := range []string{"a", "z"} {
-		_, err := cli.Put(ctx, k, "after")
-		require.NoError(t, err)
+		// A put may time out while the dead node's ranges elect new
+		// leaders; the keys must be writable well within this deadline.
+		waitFor(t, 20*time.Second, "a put of "+k, func() (bool, string) {
+			_, err := cli.Put(ctx, k, "after")
+			return err == nil, fmt.Sprint(err)
+		})
 	}
 	t.Logf("locked keys writable %v after the coordinator died", time.Since(killed).Round(time.Millisecond))
 	resp, err := cli.Get(ctx, "", clientv3.WithFromKey())
@@ -260,11 +264,26 @@ func TestTxnCoordinatorKilled(t *testing.T) {
 	// the transaction had committed (parallel commit): recovery applied
 	// both puts, at one revision, before the plain writes.
 	var txnRevs []int64
-	for _, kv := range resp.Kvs {
-		h, err := cli.Get(ctx, string(kv.Key), clientv3.WithRev(kv.ModRevision-1))
-		require.NoError(t, err)
-		require.Equal(t, "txn", string(h.Kvs[0].Value), "%s", kv.Key)
-		txnRevs = append(txnRevs, h.Kvs[0].ModRevision)
+	for _, k := range []string{"a", "z"} {
+		wctx, wcancel := context.WithCancel(ctx)
+		var history []string
+		rev := int64(0)
+	read:
+		for wr := range cli.Watch(wctx, k, clientv3.WithRev(1)) {
+			require.NoError(t, wr.Err())
+			for _, ev := range wr.Events {
+				history = append(history, string(ev.Kv.Value))
+				switch string(ev.Kv.Value) {
+				case "txn":
+					rev = ev.Kv.ModRevision
+				case "after":
+					break read
+				}
+			}
+		}
+		wcancel()
+		require.NotZero(t, rev, "history of %s: %v", k, history)
+		txnRevs = append(txnRevs, rev)
 	}
 	require.Equal(t, txnRevs[0], txnRevs[1])
 }
