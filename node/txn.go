@@ -404,8 +404,9 @@ func (n *Node) txnCommand(ctx context.Context, key []byte, cmd *txnproto.Command
 const txnRetryPrefix = "rangekv: transaction conflict"
 
 // txnCommandLocal proposes cmd on r, the range's leader here, which must
-// hold key (else errStaleRange, and the sender routes again). A clock
-// round first stamps it above every revision acknowledged before.
+// hold key (else errStaleRange, and the sender routes again). A prepare
+// runs a clock round first, so that it is stamped above every revision
+// acknowledged before.
 func (n *Node) txnCommandLocal(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (*txnproto.TxnCommandResponse, error) {
 	if err := r.CheckLeader(); err != nil {
 		return nil, err
@@ -415,8 +416,13 @@ func (n *Node) txnCommandLocal(ctx context.Context, r *rangeraft.Replica, key []
 		// a command on the wrong range would find no intent or record.
 		return nil, errStaleRange
 	}
-	if _, err := n.store.ClockRound(ctx); err != nil {
-		return nil, err
+	if cmd.TxnPrepare != nil {
+		// Only a prepare's revision orders the transaction (the commit
+		// revision is the highest of them); the other commands write
+		// nothing at their own revision and need no clock round.
+		if _, err := n.store.ClockRound(ctx); err != nil {
+			return nil, err
+		}
 	}
 	cmd = proto.Clone(cmd).(*txnproto.Command)
 	cmd.TxnKey = key
