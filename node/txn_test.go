@@ -3,12 +3,19 @@ package node
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/rangekv/rangekv/kvstore"
+	"github.com/rangekv/rangekv/rangeraft"
+	"github.com/rangekv/rangekv/txnproto"
 )
 
 // TestCrossRangeTxn runs transactions over keys of two ranges through
@@ -114,4 +121,30 @@ func TestCrossRangeTxnBadInput(t *testing.T) {
 	all, err := cli.Get(ctx, "", clientv3.WithFromKey())
 	require.NoError(t, err)
 	require.Zero(t, all.Count)
+}
+
+// TestTxnServiceRejectsMalformedCommands: the peer-port TxnService takes
+// exactly one transaction command, and a prepare needs spans and an ID.
+func TestTxnServiceRejectsMalformedCommands(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	svc := &txnServer{n: lead.node()}
+	ctx := ctxT(t, testWait)
+	for name, cmd := range map[string]*txnproto.Command{
+		"none":       nil,
+		"empty":      {},
+		"two":        {TxnForget: &txnproto.TxnForgetCommand{}, TxnRecover: &txnproto.TxnRecoverCommand{}},
+		"with a put": {Put: []byte{1}, TxnForget: &txnproto.TxnForgetCommand{}},
+	} {
+		_, err := svc.TxnCommand(ctx, &txnproto.TxnCommandRequest{Key: kvstore.UserSpanKey([]byte("a")), Command: cmd})
+		require.Equal(t, codes.InvalidArgument, status.Code(err), name)
+	}
+	// A prepare without spans, through the coordinator's path (routed to
+	// the range's leader).
+	_, _, err := lead.node().txnCommand(ctx, kvstore.UserSpanKey([]byte("a")), &txnproto.Command{
+		TxnPrepare: &txnproto.TxnPrepareCommand{Intent: &txnproto.TxnIntent{Txn: &txnproto.TxnMeta{Id: []byte("x"), ExpiryMs: math.MaxInt64}}}})
+	require.ErrorContains(t, err, rangeraft.ErrMalformedTxnCommand.Error())
+	// The node still serves.
+	_, err = c.members[0].client.Put(ctx, "a", "1")
+	require.NoError(t, err)
 }
