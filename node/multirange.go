@@ -94,6 +94,17 @@ func (s *kvServer) routeSpans(ctx context.Context, key []byte, spans func(add fu
 		return s.route(ctx, key)
 	}
 	return func() (*rangeraft.Replica, error) {
+		// The common case first: every span inside the range holding key.
+		if r := s.n.store.ReplicaForKey(kvstore.UserSpanKey(key)); r != nil {
+			rstart, rend := r.Span()
+			inside := true
+			spans(func(start, end []byte) {
+				inside = inside && inSpan(kvstore.Span{Start: rstart, End: rend}, start, end)
+			})
+			if inside {
+				return r, nil
+			}
+		}
 		ids := map[uint64]bool{}
 		var first *rangeraft.Replica
 		var err error

@@ -155,6 +155,22 @@ func (n *Node) registerMetrics() {
 			}
 			return float64(c)
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rangekv_txn_intents",
+			Help: "Unresolved cross-range transaction intents held by this node's replicas (docs/transactions.md)."}, func() float64 {
+			c := 0
+			for _, r := range n.store.Replicas() {
+				c += len(r.Intents())
+			}
+			return float64(c)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rangekv_txn_records",
+			Help: "Transaction records held by this node's replicas as anchors."}, func() float64 {
+			c := 0
+			for _, r := range n.store.Replicas() {
+				c += len(r.Records())
+			}
+			return float64(c)
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "etcd_server_version",
 			Help: "API version the server implements (label).", ConstLabels: prometheus.Labels{"server_version": APIVersion}},
 			func() float64 { return 1 }),

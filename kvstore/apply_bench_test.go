@@ -1,0 +1,70 @@
+package kvstore
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// benchApply applies one command per iteration, at random keys of a
+// 100,000-key range on disk, as the raft apply loop does (one indexed
+// batch per pass, committed without sync).
+func benchApply(b *testing.B, fn func(w *WriteBatch, key []byte) error) {
+	s := newTestStore(b)
+	const keys = 100_000
+	val := make([]byte, 256)
+	rev := int64(0)
+	for i := 0; i < keys; i += 1000 {
+		rev++
+		_, err := s.apply(rev, func(w *WriteBatch) error {
+			for j := i; j < i+1000; j++ {
+				if _, err := ApplyPut(w, &pb.PutRequest{Key: []byte(fmt.Sprintf("k%06d", j)), Value: val}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	b.ResetTimer()
+	for range b.N {
+		rev++
+		batch := s.db.NewIndexedBatch()
+		w := &WriteBatch{Batch: batch, Rev: rev, Keyspace: s.ks, Span: s.span}
+		if err := fn(w, []byte(fmt.Sprintf("k%06d", rng.IntN(keys)))); err != nil {
+			b.Fatal(err)
+		}
+		if err := batch.Commit(pebble.NoSync); err != nil {
+			b.Fatal(err)
+		}
+		batch.Close()
+	}
+}
+
+func BenchmarkApplyPut(b *testing.B) {
+	val := make([]byte, 256)
+	benchApply(b, func(w *WriteBatch, key []byte) error {
+		_, err := ApplyPut(w, &pb.PutRequest{Key: key, Value: val})
+		return err
+	})
+}
+
+// BenchmarkApplyTxnComparePut is the one-range txn of rangekv-bench
+// txn-put: a compare on the key's mod_revision and a put of it.
+func BenchmarkApplyTxnComparePut(b *testing.B) {
+	val := make([]byte, 256)
+	benchApply(b, func(w *WriteBatch, key []byte) error {
+		_, err := ApplyTxn(w, &pb.TxnRequest{
+			Compare: []*pb.Compare{{Key: key, Target: pb.Compare_MOD, Result: pb.Compare_GREATER,
+				TargetUnion: &pb.Compare_ModRevision{ModRevision: -1}}},
+			Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: key, Value: val}}}},
+		})
+		return err
+	})
+}
