@@ -113,6 +113,20 @@ func LoadSnapshotKVs(b *pebble.Batch, ks Keyspace, kvs []*mvccpb.KeyValue) error
 	return nil
 }
 
+// LoadSnapshotTombstones stages, in b, a tombstone at rev for every key
+// (etcd keys in keyspace ks): the keys LoadSnapshotKVs loaded from a
+// past revision that are no longer live.
+func LoadSnapshotTombstones(b *pebble.Batch, ks Keyspace, keys [][]byte, rev int64) error {
+	val := EncodeVersion(nil, &Version{Tombstone: true})
+	for _, k := range keys {
+		spanKey := append([]byte{byte(ks)}, k...)
+		if err := b.Set(EncodeMVCCKey(nil, spanKey, rev), val, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // TxnIDString renders a transaction ID for logs and errors.
 func TxnIDString(id []byte) string { return hex.EncodeToString(id) }
 

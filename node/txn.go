@@ -85,14 +85,15 @@ func (n *Node) evalEngine() (*pebble.DB, error) {
 // crossRangeTxn runs req, whose keys lie in several ranges, atomically at
 // one revision.
 func (s *kvServer) crossRangeTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
-	if err := crossRangeSupported(req); err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, s.n.reqTimeout)
 	defer cancel()
+	hist, err := s.readHistory(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	backoff := time.Millisecond
 	for {
-		resp, err := s.txnAttempt(ctx, req)
+		resp, err := s.txnAttempt(ctx, req, hist)
 		if !errors.Is(err, errTxnRetry) && !errors.Is(err, errStaleRange) {
 			return resp, err
 		}
@@ -105,26 +106,56 @@ func (s *kvServer) crossRangeTxn(ctx context.Context, req *pb.TxnRequest) (*pb.T
 	}
 }
 
-// crossRangeSupported refuses what the cross-range path does not
-// evaluate: a Range inside the txn at an older revision (the prepares
-// return only the newest versions).
-func crossRangeSupported(req *pb.TxnRequest) error {
+// historicalRanges returns the Range operations of req (both branches,
+// nested txns included) that read at an explicit revision.
+func historicalRanges(req *pb.TxnRequest) []*pb.RangeRequest {
+	var out []*pb.RangeRequest
 	for _, ops := range [][]*pb.RequestOp{req.Success, req.Failure} {
 		for _, op := range ops {
 			switch v := op.Request.(type) {
 			case *pb.RequestOp_RequestRange:
 				if v.RequestRange.Revision != 0 {
-					return status.Error(codes.Unimplemented,
-						"rangekv: a Range at a revision inside a transaction over several ranges is not supported")
+					out = append(out, v.RequestRange)
 				}
 			case *pb.RequestOp_RequestTxn:
-				if err := crossRangeSupported(v.RequestTxn); err != nil {
-					return err
-				}
+				out = append(out, historicalRanges(v.RequestTxn)...)
 			}
 		}
 	}
-	return nil
+	return out
+}
+
+// historicalRead is the live keys of a txn's Range operations at an
+// explicit revision, read before the prepares (history at a revision the
+// ranges have closed never changes), for evaluateTxn.
+type historicalRead struct {
+	rev int64
+	kvs []*mvccpb.KeyValue
+}
+
+// readHistory reads, at one snapshot per operation, the spans of req's
+// Range operations at an explicit revision, with etcd's errors for a
+// compacted or future revision. Ranges at different revisions in one
+// multi-range txn are refused (Unimplemented): the batch the txn is
+// evaluated on holds one revision of history.
+func (s *kvServer) readHistory(ctx context.Context, req *pb.TxnRequest) (*historicalRead, error) {
+	ranges := historicalRanges(req)
+	if len(ranges) == 0 {
+		return nil, nil
+	}
+	h := &historicalRead{rev: ranges[0].Revision}
+	for _, rr := range ranges {
+		if rr.Revision != h.rev {
+			return nil, status.Error(codes.Unimplemented,
+				"rangekv: Range operations at different revisions inside one transaction over several ranges are not supported")
+		}
+		resp, err := s.multiRange(ctx, &pb.RangeRequest{Key: rr.Key, RangeEnd: rr.RangeEnd, Revision: rr.Revision})
+		if err != nil {
+			return nil, err
+		}
+		h.kvs = append(h.kvs, resp.Kvs...)
+	}
+	return h, nil
 }
 
 // participants splits the txn's spans by the local view of the ranges.
@@ -161,7 +192,7 @@ func (n *Node) participants(req *pb.TxnRequest) ([]*participant, error) {
 	return out, err
 }
 
-func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest, hist *historicalRead) (*pb.TxnResponse, error) {
 	n := s.n
 	parts, err := n.participants(req)
 	if err != nil {
@@ -208,7 +239,7 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest) (*pb.TxnR
 	for _, p := range parts {
 		commitRev = max(commitRev, p.prep.PrepareRevision)
 	}
-	resp, writes, err := n.evaluateTxn(req, parts, commitRev)
+	resp, writes, err := n.evaluateTxn(req, parts, commitRev, hist)
 	switch {
 	case err != nil:
 		// Recovery would evaluate the same way and abort too.
@@ -289,9 +320,10 @@ func (n *Node) commitTxn(meta *txnproto.TxnMeta, commitRev int64, writes []*txnp
 	n.resolveParticipants(meta, true, commitRev, writes, keys[1:])
 }
 
-// evaluateTxn runs req at rev over the participants' locked keys and
-// returns etcd's response and the writes, in operation order.
-func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64) (*pb.TxnResponse, []*txnproto.TxnWrite, error) {
+// evaluateTxn runs req at rev over the participants' locked keys (and,
+// for its Range operations at an explicit revision, hist) and returns
+// etcd's response and the writes, in operation order.
+func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64, hist *historicalRead) (*pb.TxnResponse, []*txnproto.TxnWrite, error) {
 	db, err := n.evalEngine()
 	if err != nil {
 		return nil, nil, err
@@ -308,6 +340,33 @@ func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64) 
 			kvs = append(kvs, kv)
 		}
 		if err := kvstore.LoadSnapshotKVs(b, kvstore.UserKeys, kvs); err != nil {
+			return nil, nil, err
+		}
+	}
+	if hist != nil && hist.rev < rev {
+		// The versions live at hist.rev, and a tombstone just above it for
+		// every one of those keys not live now: reads at hist.rev see the
+		// history, reads at rev the locked keys.
+		live := map[string]bool{}
+		for _, p := range parts {
+			for _, data := range p.prep.Kvs {
+				kv := &mvccpb.KeyValue{}
+				if err := proto.Unmarshal(data, kv); err != nil {
+					return nil, nil, err
+				}
+				live[string(kv.Key)] = true
+			}
+		}
+		if err := kvstore.LoadSnapshotKVs(b, kvstore.UserKeys, hist.kvs); err != nil {
+			return nil, nil, err
+		}
+		var gone [][]byte
+		for _, kv := range hist.kvs {
+			if !live[string(kv.Key)] {
+				gone = append(gone, kv.Key)
+			}
+		}
+		if err := kvstore.LoadSnapshotTombstones(b, kvstore.UserKeys, gone, hist.rev+1); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -607,7 +666,9 @@ func (n *Node) recoverTxn(ctx context.Context, rec *txnproto.TxnRecord) *txnprot
 		req := &pb.TxnRequest{}
 		err := proto.Unmarshal(rec.Request, req)
 		if err == nil {
-			_, writes, err = n.evaluateTxn(req, parts, commitRev)
+			// Writes depend on the compares alone (at the commit
+			// revision): history is not needed to decide them.
+			_, writes, err = n.evaluateTxn(req, parts, commitRev, nil)
 		}
 		all = err == nil && len(writes) > 0
 	}
