@@ -1,0 +1,109 @@
+//go:build linux
+
+package robustness
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Fault is one kind of failure the suite injects. Inject returns once
+// the cluster is back to full strength (every node running and ready),
+// or with an error if it could not be brought back.
+type Fault struct {
+	Name   string
+	Inject func(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error)
+}
+
+// Faults are the kinds a run cycles through, picked at random.
+var Faults = []Fault{
+	{"kill", killRestart},
+	{"pause", pauseResume},
+	{"split", splitRange},
+	{"move-leader", moveLeader},
+}
+
+// killRestart SIGKILLs a node, lets the others run without it, and
+// restarts it.
+func killRestart(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	n.Kill()
+	time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
+	if err := n.Start(); err != nil {
+		return "", err
+	}
+	return "SIGKILL " + n.Name + " and restart", n.WaitReady(ctx)
+}
+
+// pauseResume stops a node with SIGSTOP for longer than the election
+// timeout (1 s), then continues it.
+func pauseResume(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	if err := n.Pause(); err != nil {
+		return "", err
+	}
+	time.Sleep(time.Duration(1500+rng.IntN(1500)) * time.Millisecond)
+	if err := n.Resume(); err != nil {
+		return "", err
+	}
+	return "SIGSTOP " + n.Name + " and SIGCONT", n.WaitReady(ctx)
+}
+
+// splitRange splits the range holding a random key at that key (if it
+// does not start a range already), while the traffic runs.
+func splitRange(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	key := fmt.Sprintf("%c/%d", "ahpw"[rng.IntN(4)], rng.IntN(2)) // one of Keys
+	err := withRanges(ctx, c, rng, func(rc txnproto.RangesClient) error {
+		_, err := rc.SplitRange(ctx, &txnproto.SplitRangeRequest{Key: []byte(key)})
+		return err
+	})
+	return "split at " + key, ignoreFailedPrecondition(err)
+}
+
+// moveLeader moves the leadership of a random key's range to a random
+// node.
+func moveLeader(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	key := Keys[rng.IntN(NumKeys)]
+	var target uint64
+	err := withRanges(ctx, c, rng, func(rc txnproto.RangesClient) error {
+		nodes, err := rc.ListNodes(ctx, &txnproto.ListNodesRequest{})
+		if err != nil {
+			return err
+		}
+		target = nodes.Nodes[rng.IntN(len(nodes.Nodes))].Member.GetId()
+		_, err = rc.MoveLeader(ctx, &txnproto.MoveLeaderRequest{Key: []byte(key), TargetNode: target})
+		return err
+	})
+	return fmt.Sprintf("move the leadership of %s's range to %x", key, target), ignoreFailedPrecondition(err)
+}
+
+// withRanges calls fn with the Ranges service of a random node.
+func withRanges(ctx context.Context, c *Cluster, rng *rand.Rand, fn func(txnproto.RangesClient) error) error {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	conn, err := grpc.NewClient(n.Endpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return fn(txnproto.NewRangesClient(conn))
+}
+
+// ignoreFailedPrecondition treats a refusal that changes nothing (the
+// key already starts a range, the target already leads) as done.
+func ignoreFailedPrecondition(err error) error {
+	if status.Code(err) == codes.FailedPrecondition {
+		return nil
+	}
+	return err
+}

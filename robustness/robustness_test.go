@@ -1,0 +1,102 @@
+//go:build linux
+
+package robustness
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/stretchr/testify/require"
+)
+
+// The short profile runs in `go test ./...`; the long one is
+//
+//	go test ./robustness -run TestRobustness -timeout 3h \
+//	    -robustness.cycles 200 -robustness.nodes 3 -v
+var (
+	cycles  = flag.Int("robustness.cycles", 4, "fault cycles per run")
+	nodes   = flag.Int("robustness.nodes", 3, "cluster size")
+	clients = flag.Int("robustness.clients", 6, "concurrent clients")
+	seed    = flag.Uint64("robustness.seed", 0, "seed of the schedule (0: from the clock); printed by every run")
+)
+
+var rangekvBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "robustness-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	rangekvBin = filepath.Join(dir, "rangekv")
+	root, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cmd := exec.Command("go", "build", "-o", rangekvBin, "./cmd/rangekv")
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// TestRobustness runs the etcd traffic profile over keys in four ranges
+// through fault cycles (SIGKILL and restart, SIGSTOP pauses, splits,
+// leadership moves) and checks the history with porcupine.
+func TestRobustness(t *testing.T) {
+	s := *seed
+	if s == 0 {
+		s = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (rerun with -robustness.seed %d)", s, s)
+	res, err := Run(context.Background(), Config{
+		Binary: rangekvBin, Dir: t.TempDir(), Nodes: *nodes, Clients: *clients, Cycles: *cycles, Seed: s,
+		Settle: time.Second, CheckTimeout: 5 * time.Minute, Log: t.Logf,
+	})
+	if res != nil {
+		t.Logf("history: %d operations %v", len(res.Operations), res.Counts)
+		if res.Report != "" {
+			t.Logf("report (history, visualization, node logs): %s", res.Report)
+		}
+	}
+	require.NoError(t, err)
+	require.Equal(t, porcupine.Ok, res.Check, "the history is not linearizable (seed %d)", s)
+	require.Positive(t, res.Counts["cas2-ok"], "no cross-range transaction succeeded")
+	require.Positive(t, res.Counts["readAll"], "no read completed")
+}
+
+// TestModelRejectsLostWrite checks the checker: an acknowledged put that
+// a later read does not see is Illegal; a torn cross-range swap too.
+func TestModelRejectsLostWrite(t *testing.T) {
+	put := porcupine.Operation{ClientId: 0, Input: Input{Kind: OpPut, I: 2, Value: [2]string{"v"}}, Output: Output{}, Call: 0, Return: 10}
+	lost := porcupine.Operation{ClientId: 1, Input: Input{Kind: OpGet, I: 2}, Output: Output{}, Call: 20, Return: 30}
+	require.Equal(t, porcupine.Illegal, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{put, lost}, time.Second))
+	seen := lost
+	seen.Output = Output{Values: State{2: "v"}}
+	require.Equal(t, porcupine.Ok, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{put, seen}, time.Second))
+
+	swap := porcupine.Operation{ClientId: 0, Input: Input{Kind: OpCAS2, I: 0, J: 4, Value: [2]string{"p", "q"}},
+		Output: Output{Succeeded: true}, Call: 0, Return: 10}
+	torn := porcupine.Operation{ClientId: 1, Input: Input{Kind: OpReadAll}, Output: Output{Values: State{0: "p"}}, Call: 20, Return: 30}
+	require.Equal(t, porcupine.Illegal, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{swap, torn}, time.Second))
+	unknown := swap
+	unknown.Output = Output{Unknown: true}
+	unknown.Return = 1 << 62
+	empty := torn
+	empty.Output = Output{}
+	require.Equal(t, porcupine.Ok, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{unknown, empty}, time.Second))
+}

@@ -1,0 +1,167 @@
+//go:build linux
+
+package robustness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/rangekv/rangekv/txnproto"
+)
+
+// Config is one robustness run.
+type Config struct {
+	Binary  string // the rangekv binary
+	Dir     string // data directories and logs
+	Nodes   int    // cluster size (3 or 5)
+	Clients int    // concurrent clients, spread over the nodes
+	Cycles  int    // fault cycles: traffic, a fault under it, traffic
+	Seed    uint64 // seeds the fault schedule and the clients
+	// Settle is the traffic before and after each fault.
+	Settle time.Duration
+	// CheckTimeout bounds porcupine.
+	CheckTimeout time.Duration
+	Log          func(format string, args ...any)
+}
+
+// Result is what a run saw.
+type Result struct {
+	Operations []porcupine.Operation
+	Counts     map[string]int
+	Faults     []string
+	Check      porcupine.CheckResult
+	// Report is the folder the run's evidence was written to when the
+	// check did not pass.
+	Report string
+}
+
+// Run starts a cluster, splits it into four ranges, runs the clients
+// through Cycles faults, stops, and checks the history.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	logf := cfg.Log
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	c, err := NewCluster(cfg.Binary, cfg.Dir, cfg.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Stop()
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := c.Start(sctx); err != nil {
+		return nil, err
+	}
+	for _, k := range SplitKeys {
+		if err := withRanges(sctx, c, rand.New(rand.NewPCG(cfg.Seed, 0)), func(rc txnproto.RangesClient) error {
+			_, err := rc.SplitRange(sctx, &txnproto.SplitRangeRequest{Key: []byte(k)})
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("split at %q: %w", k, err)
+		}
+	}
+
+	h := NewHistory()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range cfg.Clients {
+		// Each client talks to two nodes, so it fails over when one dies.
+		eps := []string{c.Nodes[i%len(c.Nodes)].Endpoint(), c.Nodes[(i+1)%len(c.Nodes)].Endpoint()}
+		kv, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second,
+			Logger: zap.NewNop(), DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+		if err != nil {
+			close(stop)
+			wg.Wait()
+			return nil, err
+		}
+		cl := &Client{ID: i, KV: kv, History: h, Rand: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1)), Timeout: 3 * time.Second}
+		wg.Go(func() {
+			defer kv.Close()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cl.Step(ctx)
+			}
+		})
+	}
+
+	res := &Result{}
+	rng := rand.New(rand.NewPCG(cfg.Seed, 1<<40))
+	var faultErr error
+	for cycle := range cfg.Cycles {
+		time.Sleep(cfg.Settle)
+		f := Faults[rng.IntN(len(Faults))]
+		fctx, fcancel := context.WithTimeout(ctx, time.Minute)
+		what, err := f.Inject(fctx, c, rng)
+		fcancel()
+		res.Faults = append(res.Faults, what)
+		logf("cycle %d: %s", cycle+1, what)
+		if err != nil {
+			faultErr = fmt.Errorf("cycle %d (%s): %w", cycle+1, what, err)
+			break
+		}
+	}
+	time.Sleep(cfg.Settle)
+	close(stop)
+	wg.Wait()
+
+	res.Operations = h.Operations()
+	res.Counts = h.Counts()
+	if faultErr != nil {
+		res.Report = writeReport(cfg, c, res, nil)
+		return res, faultErr
+	}
+	check, info := porcupine.CheckOperationsVerbose(Model, res.Operations, cfg.CheckTimeout)
+	res.Check = check
+	if check != porcupine.Ok {
+		res.Report = writeReport(cfg, c, res, &info)
+	}
+	return res, nil
+}
+
+// writeReport writes the history (JSON), porcupine's visualization (when
+// info is set) and the nodes' logs into a folder named after the seed,
+// and returns it.
+func writeReport(cfg Config, c *Cluster, res *Result, info *porcupine.LinearizationInfo) string {
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("rangekv-robustness-%d-%d", cfg.Seed, time.Now().Unix()))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return ""
+	}
+	type op struct {
+		Client       int
+		Call, Return int64
+		Input        Input
+		Output       Output
+	}
+	ops := make([]op, 0, len(res.Operations))
+	for _, o := range res.Operations {
+		ops = append(ops, op{o.ClientId, o.Call, o.Return, o.Input.(Input), o.Output.(Output)})
+	}
+	if data, err := json.MarshalIndent(map[string]any{"seed": cfg.Seed, "faults": res.Faults, "operations": ops}, "", " "); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "history.json"), data, 0o644)
+	}
+	if info != nil {
+		_ = porcupine.VisualizePath(Model, *info, filepath.Join(dir, "history.html"))
+	}
+	for _, n := range c.Nodes {
+		if data, err := os.ReadFile(n.LogPath); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, n.Name+".log"), data, 0o644)
+		}
+	}
+	return dir
+}
