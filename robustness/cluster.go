@@ -38,6 +38,10 @@ type Node struct {
 	DataDir    string
 	LogPath    string // stdout and stderr of every run, appended
 	Failpoints string // host:port of the gofail HTTP endpoint (GOFAIL_HTTP)
+	// Proxy carries every other node's traffic into this node's peer
+	// listener (PeerURL is the proxy's address).
+	Proxy      *Proxy
+	listenPeer string
 	binary     string
 	args       []string
 
@@ -53,7 +57,7 @@ func (n *Node) Endpoint() string { return strings.TrimPrefix(n.ClientURL, "http:
 // NewCluster prepares, without starting them, n nodes of binary with their
 // data and logs under dir; extraFlags are appended to every node's flags.
 func NewCluster(binary, dir string, n int, extraFlags ...string) (*Cluster, error) {
-	ports, err := FreePorts(3 * n)
+	ports, err := FreePorts(4 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -62,10 +66,15 @@ func NewCluster(binary, dir string, n int, extraFlags ...string) (*Cluster, erro
 	for i := range n {
 		nd := &Node{
 			Name:       fmt.Sprintf("infra%d", i+1),
-			ClientURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[3*i]),
-			PeerURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+1]),
-			Failpoints: fmt.Sprintf("127.0.0.1:%d", ports[3*i+2]),
+			ClientURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[4*i]),
+			PeerURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[4*i+1]),
+			Failpoints: fmt.Sprintf("127.0.0.1:%d", ports[4*i+2]),
+			listenPeer: fmt.Sprintf("http://127.0.0.1:%d", ports[4*i+3]),
 			binary:     binary,
+		}
+		if nd.Proxy, err = NewProxy(strings.TrimPrefix(nd.PeerURL, "http://"), strings.TrimPrefix(nd.listenPeer, "http://")); err != nil {
+			c.Stop()
+			return nil, err
 		}
 		nd.DataDir = filepath.Join(dir, nd.Name+".rangekv")
 		nd.LogPath = filepath.Join(dir, nd.Name+".log")
@@ -76,7 +85,7 @@ func NewCluster(binary, dir string, n int, extraFlags ...string) (*Cluster, erro
 		nd.args = append([]string{
 			"--name", nd.Name, "--data-dir", nd.DataDir,
 			"--listen-client-urls", nd.ClientURL, "--advertise-client-urls", nd.ClientURL,
-			"--listen-peer-urls", nd.PeerURL, "--initial-advertise-peer-urls", nd.PeerURL,
+			"--listen-peer-urls", nd.listenPeer, "--initial-advertise-peer-urls", nd.PeerURL,
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-token", "robustness", "--initial-cluster-state", "new",
 		}, extraFlags...)
@@ -108,10 +117,13 @@ func (c *Cluster) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop SIGKILLs every node.
+// Stop SIGKILLs every node and closes the proxies.
 func (c *Cluster) Stop() {
 	for _, n := range c.Nodes {
 		n.Kill()
+		if n.Proxy != nil {
+			n.Proxy.Close()
+		}
 	}
 }
 

@@ -30,6 +30,30 @@ var Faults = []Fault{
 	{"pause", pauseResume},
 	{"split", splitRange},
 	{"move-leader", moveLeader},
+	{"drop-inbound", dropInbound},
+	{"delay", delayInbound},
+}
+
+// dropInbound cuts every connection into a node's peer port and refuses
+// new ones for 1.5–3 s: the node still sends (votes, heartbeats as a
+// leader) but hears nothing, a one-way partition.
+func dropInbound(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	n.Proxy.Drop(true)
+	time.Sleep(time.Duration(1500+rng.IntN(1500)) * time.Millisecond)
+	n.Proxy.Drop(false)
+	return "drop all traffic into " + n.Name, n.WaitReady(ctx)
+}
+
+// delayInbound delays every chunk into a node's peer port by 20–120 ms
+// for 2 s.
+func delayInbound(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	d := time.Duration(20+rng.IntN(100)) * time.Millisecond
+	n.Proxy.Delay(d)
+	time.Sleep(2 * time.Second)
+	n.Proxy.Delay(0)
+	return fmt.Sprintf("delay traffic into %s by %v", n.Name, d), n.WaitReady(ctx)
 }
 
 // killRestart SIGKILLs a node, lets the others run without it, and
