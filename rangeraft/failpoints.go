@@ -18,7 +18,15 @@ var (
 	// engine but the right-hand replica is not installed and the left
 	// still has its old span in memory; it logged "split committed".
 	fpAfterSplitCommit = gofail.NewFailpoint("rangeraftAfterSplitCommit")
+	// rangeraftAfterRaftSave: a scheduler pass has made its raft entries
+	// and hard states durable but has sent no message and applied nothing.
+	fpAfterRaftSave = gofail.NewFailpoint("rangeraftAfterRaftSave")
+	// rangeraftBeforeApplyCommit: a pass has staged the apply of its
+	// committed entries but not committed the batch.
+	fpBeforeApplyCommit = gofail.NewFailpoint("rangeraftBeforeApplyCommit")
 )
 
 func failpointBeforeSplitCommit() { _, _ = fpBeforeSplitCommit.Acquire() }
 func failpointAfterSplitCommit()  { _, _ = fpAfterSplitCommit.Acquire() }
+func failpointAfterRaftSave()     { _, _ = fpAfterRaftSave.Acquire() }
+func failpointBeforeApplyCommit() { _, _ = fpBeforeApplyCommit.Acquire() }

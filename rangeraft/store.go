@@ -587,6 +587,7 @@ func (s *Store) processReady() error {
 	}
 	b.Close()
 	s.metrics.readyBatchSize.Observe(float64(len(items)))
+	failpointAfterRaftSave()
 
 	// Persisted: publish the new log bounds, then send. A vote or a
 	// campaign in this pass raises the vote epoch before anything of the
@@ -734,6 +735,7 @@ func (s *Store) applyPass(items []*readyItem) error {
 	if split {
 		failpointBeforeSplitCommit()
 	}
+	failpointBeforeApplyCommit()
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return err
 	}

@@ -169,6 +169,41 @@ func (n *Node) Kill() {
 	n.cmd, n.exited, n.paused = nil, nil, false
 }
 
+// EnableFailpoint sets a gofail failpoint of the running node to terms
+// (e.g. `1*panic("x")`) through its GOFAIL_HTTP endpoint.
+func (n *Node) EnableFailpoint(name, terms string) error {
+	req, err := http.NewRequest(http.MethodPut, "http://"+n.Failpoints+"/"+name, strings.NewReader(terms))
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("failpoint %s on %s: %d %s", name, n.Name, resp.StatusCode, body)
+	}
+	return nil
+}
+
+// WaitExit reports whether the node's process exits within d.
+func (n *Node) WaitExit(d time.Duration) bool {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	if exited == nil {
+		return true
+	}
+	select {
+	case <-exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // Pause stops the node's process with SIGSTOP; Resume continues it.
 func (n *Node) Pause() error { return n.signal(syscall.SIGSTOP, true) }
 

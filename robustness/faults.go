@@ -32,6 +32,34 @@ var Faults = []Fault{
 	{"move-leader", moveLeader},
 	{"drop-inbound", dropInbound},
 	{"delay", delayInbound},
+	{"crash-at-failpoint", crashAtFailpoint},
+}
+
+// crashFailpoints are the gofail failpoints a node is crashed at: right
+// after a scheduler pass made its raft state durable, before a pass
+// commits its applies, and in a cross-range coordinator between its
+// prepares and its answer.
+var crashFailpoints = []string{"rangeraftAfterRaftSave", "rangeraftBeforeApplyCommit", "nodeTxnAfterPrepare"}
+
+// crashAtFailpoint makes a node panic the first time it passes a
+// failpoint (a crash at an exact point, as SIGKILL there), waits for it to
+// die, and restarts it. If no request reaches the point within 5 s, the
+// node is SIGKILLed instead.
+func crashAtFailpoint(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	fp := crashFailpoints[rng.IntN(len(crashFailpoints))]
+	if err := n.EnableFailpoint(fp, `1*panic("robustness")`); err != nil {
+		return "", err
+	}
+	what := fmt.Sprintf("crash %s at %s", n.Name, fp)
+	if !n.WaitExit(5 * time.Second) {
+		what += " (not reached: SIGKILL)"
+	}
+	n.Kill()
+	if err := n.Start(); err != nil {
+		return what, err
+	}
+	return what, n.WaitReady(ctx)
 }
 
 // dropInbound cuts every connection into a node's peer port and refuses
