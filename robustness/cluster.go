@@ -44,6 +44,7 @@ type Node struct {
 	listenPeer string
 	binary     string
 	args       []string
+	skew       time.Duration // --unsafe-clock-skew of the next starts
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -138,8 +139,12 @@ func (n *Node) Start() error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "=== robustness: %s starting %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(n.args, " "))
-	cmd := exec.Command(n.binary, n.args...)
+	args := n.args
+	if n.skew != 0 {
+		args = append(append([]string(nil), args...), "--unsafe-clock-skew", n.skew.String())
+	}
+	fmt.Fprintf(f, "=== robustness: %s starting %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	cmd := exec.Command(n.binary, args...)
 	cmd.Env = append(cleanEnv(), "GOFAIL_HTTP="+n.Failpoints)
 	cmd.Stdout, cmd.Stderr = f, f
 	setProcessAttrs(cmd)
@@ -202,6 +207,14 @@ func (n *Node) WaitExit(d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// SetClockSkew shifts the node's wall clock by d from its next start on
+// (rangekv's hidden --unsafe-clock-skew).
+func (n *Node) SetClockSkew(d time.Duration) {
+	n.mu.Lock()
+	n.skew = d
+	n.mu.Unlock()
 }
 
 // Pause stops the node's process with SIGSTOP; Resume continues it.

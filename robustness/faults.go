@@ -33,6 +33,24 @@ var Faults = []Fault{
 	{"drop-inbound", dropInbound},
 	{"delay", delayInbound},
 	{"crash-at-failpoint", crashAtFailpoint},
+	{"clock-skew", clockSkew},
+}
+
+// clockSkew restarts a node with its wall clock shifted by ±50–400 ms,
+// within the default --max-clock-offset of 500 ms; the skew stays for
+// the node's later restarts until another skew replaces it.
+func clockSkew(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	d := time.Duration(50+rng.IntN(350)) * time.Millisecond
+	if rng.IntN(2) == 0 {
+		d = -d
+	}
+	n.Kill()
+	n.SetClockSkew(d)
+	if err := n.Start(); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("restart %s with its clock %v off", n.Name, d), n.WaitReady(ctx)
 }
 
 // crashFailpoints are the gofail failpoints a node is crashed at: right

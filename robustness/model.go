@@ -59,6 +59,9 @@ type Output struct {
 	// Unknown is set when the client got no answer: the operation may
 	// have taken effect at any point after its invocation.
 	Unknown bool
+	// Rev is the header revision of an acknowledged write (a put, a
+	// successful CAS: the revision its events carry).
+	Rev int64
 }
 
 // Model is etcd's KV semantics over Keys for porcupine. An operation

@@ -75,6 +75,10 @@ func TestRobustness(t *testing.T) {
 	}
 	require.NoError(t, err)
 	require.Equal(t, porcupine.Ok, res.Check, "the history is not linearizable (seed %d)", s)
+	require.Empty(t, res.WatchProblems, "watch guarantees (seed %d)", s)
+	for _, n := range res.WatchEvents {
+		require.Positive(t, n, "a watcher saw no event")
+	}
 	require.Positive(t, res.Counts["cas2-ok"], "no cross-range transaction succeeded")
 	require.Positive(t, res.Counts["readAll"], "no read completed")
 }
@@ -99,4 +103,24 @@ func TestModelRejectsLostWrite(t *testing.T) {
 	empty := torn
 	empty.Output = Output{}
 	require.Equal(t, porcupine.Ok, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{unknown, empty}, time.Second))
+}
+
+// TestCheckWatchers checks the watch checker on histories that break
+// each guarantee.
+func TestCheckWatchers(t *testing.T) {
+	ev := func(k, v string, rev int64) Event { return Event{Key: k, Value: v, Rev: rev} }
+	put := Input{Kind: OpPut, I: 0, Value: [2]string{"v1"}}
+	acked := Output{Rev: 5}
+	good := &Watcher{Node: "a", Responses: [][]Event{{ev("a/0", "v1", 5)}, {ev("h/0", "x", 7), ev("p/0", "y", 7)}}}
+	require.Empty(t, CheckWatchers([]*Watcher{good, good}, []Output{acked}, []Input{put}))
+
+	for name, w := range map[string]*Watcher{
+		"unordered":  {Node: "b", Responses: [][]Event{{ev("h/0", "x", 7)}, {ev("a/0", "v1", 5)}}},
+		"duplicated": {Node: "b", Responses: [][]Event{{ev("a/0", "v1", 5)}, {ev("a/0", "v1", 5), ev("h/0", "x", 7)}}},
+		"torn":       {Node: "b", Responses: [][]Event{{ev("a/0", "v1", 5), ev("h/0", "x", 7)}, {ev("p/0", "y", 7)}}},
+		"lost":       {Node: "b", Responses: [][]Event{{ev("h/0", "x", 7), ev("p/0", "y", 7)}}},
+		"different":  {Node: "b", Responses: [][]Event{{ev("a/0", "v2", 5)}, {ev("h/0", "x", 7), ev("p/0", "y", 7)}}},
+	} {
+		require.NotEmpty(t, CheckWatchers([]*Watcher{good, w}, []Output{acked}, []Input{put}), name)
+	}
 }

@@ -42,7 +42,11 @@ type Result struct {
 	Counts     map[string]int
 	Faults     []string
 	Check      porcupine.CheckResult
-	// Report is the folder the run's evidence was written to when the
+	// WatchProblems are violations of the watch guarantees
+	// (CheckWatchers); WatchEvents counts each watcher's events.
+	WatchProblems []string
+	WatchEvents   []int
+	// Report is the folder the run's evidence was written to when a
 	// check did not pass.
 	Report string
 }
@@ -71,6 +75,33 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}); err != nil {
 			return nil, fmt.Errorf("split at %q: %w", k, err)
 		}
+	}
+
+	// Two watchers over every key, through different nodes, from the
+	// revision the traffic starts at.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	var watchers []*Watcher
+	var wwg sync.WaitGroup
+	var startRev int64
+	for i := range 2 {
+		n := c.Nodes[i%len(c.Nodes)]
+		kv, err := clientv3.New(clientv3.Config{Endpoints: append([]string{n.Endpoint()}, c.Endpoints()...),
+			DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, err
+		}
+		defer kv.Close()
+		if startRev == 0 {
+			resp, err := kv.Get(sctx, "robustness-start")
+			if err != nil {
+				return nil, err
+			}
+			startRev = resp.Header.Revision + 1
+		}
+		w := &Watcher{Node: fmt.Sprintf("watcher %d (first endpoint %s)", i+1, n.Name)}
+		watchers = append(watchers, w)
+		wwg.Go(func() { w.Watch(wctx, kv, startRev) })
 	}
 
 	h := NewHistory()
@@ -122,13 +153,32 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	res.Operations = h.Operations()
 	res.Counts = h.Counts()
+	// Let the watchers catch up with the last writes, then stop them.
+	time.Sleep(2 * time.Second)
+	wcancel()
+	wwg.Wait()
+	var outs []Output
+	var ins []Input
+	for _, op := range res.Operations {
+		outs = append(outs, op.Output.(Output))
+		ins = append(ins, op.Input.(Input))
+	}
+	res.WatchProblems = CheckWatchers(watchers, outs, ins)
+	for _, w := range watchers {
+		n := 0
+		for _, r := range w.Responses {
+			n += len(r)
+		}
+		res.WatchEvents = append(res.WatchEvents, n)
+		logf("%s: %d events in %d responses, %d resumes", w.Node, n, len(w.Responses), w.Resumes)
+	}
 	if faultErr != nil {
 		res.Report = writeReport(cfg, c, res, nil)
 		return res, faultErr
 	}
 	check, info := porcupine.CheckOperationsVerbose(Model, res.Operations, cfg.CheckTimeout)
 	res.Check = check
-	if check != porcupine.Ok {
+	if check != porcupine.Ok || len(res.WatchProblems) > 0 {
 		res.Report = writeReport(cfg, c, res, &info)
 	}
 	return res, nil
@@ -152,7 +202,8 @@ func writeReport(cfg Config, c *Cluster, res *Result, info *porcupine.Linearizat
 	for _, o := range res.Operations {
 		ops = append(ops, op{o.ClientId, o.Call, o.Return, o.Input.(Input), o.Output.(Output)})
 	}
-	if data, err := json.MarshalIndent(map[string]any{"seed": cfg.Seed, "faults": res.Faults, "operations": ops}, "", " "); err == nil {
+	if data, err := json.MarshalIndent(map[string]any{"seed": cfg.Seed, "faults": res.Faults,
+		"watch_problems": res.WatchProblems, "operations": ops}, "", " "); err == nil {
 		_ = os.WriteFile(filepath.Join(dir, "history.json"), data, 0o644)
 	}
 	if info != nil {

@@ -120,8 +120,12 @@ func (c *Client) Step(ctx context.Context) {
 		h.add(c.ID, Input{Kind: OpReadAll}, call, out, h.now())
 	case r < 55:
 		in := Input{Kind: OpPut, I: i, Value: [2]string{val(0)}}
-		_, err := c.KV.Put(ctx, Keys[i], in.Value[0])
-		h.add(c.ID, in, call, Output{Unknown: err != nil}, h.now())
+		resp, err := c.KV.Put(ctx, Keys[i], in.Value[0])
+		out := Output{Unknown: err != nil}
+		if err == nil {
+			out.Rev = resp.Header.Revision
+		}
+		h.add(c.ID, in, call, out, h.now())
 	case r < 60:
 		_, err := c.KV.Delete(ctx, Keys[i])
 		h.add(c.ID, Input{Kind: OpDelete, I: i}, call, Output{Unknown: err != nil}, h.now())
@@ -159,6 +163,9 @@ func casOutput(resp *clientv3.TxnResponse, err error, i, j int) Output {
 	out := Output{Unknown: err != nil}
 	if err != nil || resp.Succeeded {
 		out.Succeeded = err == nil
+		if err == nil {
+			out.Rev = resp.Header.Revision
+		}
 		return out
 	}
 	for n, k := range []int{i, j} {
