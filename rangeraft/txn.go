@@ -392,12 +392,14 @@ func (r *Replica) writeConflict(t *txnTable, req any) error {
 // revisions merge. It runs on the scheduler goroutine (the only user of
 // r.held), before the pass's readable revision is installed.
 func (r *Replica) publishApplied(pubs []FeedEntry, minPrepare int64) {
-	if len(r.held) == 0 && minPrepare == 0 {
+	if len(r.held) == 0 && minPrepare == 0 && increasing(pubs) {
 		for _, p := range pubs {
 			r.feed.Publish(p.Revision, p.Events)
 		}
 		return
 	}
+	// A pass can apply writes above an intent and then the intent's
+	// resolution below them: order them before they reach the feed.
 	for _, p := range pubs {
 		i, found := slices.BinarySearchFunc(r.held, p.Revision, func(e FeedEntry, rev int64) int {
 			return compareRev(e.Revision, rev)
@@ -641,4 +643,14 @@ func maxKey(a, b []byte) []byte {
 		return a
 	}
 	return b
+}
+
+// increasing reports whether entries have strictly increasing revisions.
+func increasing(entries []FeedEntry) bool {
+	for i := 1; i < len(entries); i++ {
+		if entries[i].Revision <= entries[i-1].Revision {
+			return false
+		}
+	}
+	return true
 }

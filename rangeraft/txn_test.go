@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/kvstore"
@@ -45,4 +46,32 @@ func TestCheckSnapshotKeys(t *testing.T) {
 	} {
 		require.Error(t, checkSnapshotKeys(5, desc, append(ok, &txnproto.KeyValue{Key: k})), name)
 	}
+}
+
+// TestPublishAppliedOrdersAPass: a pass that applies a write above an
+// intent and then the intent's resolution below it (leaving no intent)
+// publishes both in revision order. Published in pass order, the feed
+// lost the resolution's events for watchers, or delivered them late.
+func TestPublishAppliedOrdersAPass(t *testing.T) {
+	r := &Replica{feed: NewFeed(5, 1000)}
+	ev := func(k string) []*mvccpb.Event {
+		return []*mvccpb.Event{{Type: mvccpb.Event_PUT, Kv: &mvccpb.KeyValue{Key: []byte(k)}}}
+	}
+	r.publishApplied([]FeedEntry{{Revision: 10, Events: ev("w")}, {Revision: 7, Events: ev("r")}, {Revision: 10, Events: ev("x")}}, 0)
+	entries, inWindow, _, _ := r.feed.Since(5, 100)
+	require.True(t, inWindow)
+	require.Len(t, entries, 2)
+	require.Equal(t, int64(7), entries[0].Revision)
+	require.Equal(t, int64(10), entries[1].Revision)
+	require.Len(t, entries[1].Events, 2, "equal revisions merge")
+
+	// Held above a pending prepare at 12, released once it resolves.
+	r.publishApplied([]FeedEntry{{Revision: 13, Events: ev("a")}}, 12)
+	entries, _, _, _ = r.feed.Since(10, 100)
+	require.Empty(t, entries)
+	r.publishApplied([]FeedEntry{{Revision: 12, Events: ev("b")}}, 0)
+	entries, _, _, _ = r.feed.Since(10, 100)
+	require.Len(t, entries, 2)
+	require.Equal(t, int64(12), entries[0].Revision)
+	require.Equal(t, int64(13), entries[1].Revision)
 }

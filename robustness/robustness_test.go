@@ -76,6 +76,8 @@ func TestRobustness(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, porcupine.Ok, res.Check, "the history is not linearizable (seed %d)", s)
 	require.Empty(t, res.WatchProblems, "watch guarantees (seed %d)", s)
+	require.Empty(t, res.Bank.Problems, "bank invariant (seed %d)", s)
+	require.Positive(t, res.Bank.Transfers, "no transfer succeeded")
 	for _, n := range res.WatchEvents {
 		require.Positive(t, n, "a watcher saw no event")
 	}

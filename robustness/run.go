@@ -46,6 +46,10 @@ type Result struct {
 	// (CheckWatchers); WatchEvents counts each watcher's events.
 	WatchProblems []string
 	WatchEvents   []int
+	// Bank holds the bank's counts and invariant violations.
+	Bank *Bank
+	// Watchers hold what each watcher delivered.
+	Watchers []*Watcher
 	// Report is the folder the run's evidence was written to when a
 	// check did not pass.
 	Report string
@@ -107,6 +111,42 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	h := NewHistory()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+
+	// The bank: two transferring clients and an auditor, each on its own
+	// nodes.
+	bank := &Bank{}
+	bankClients := make([]*clientv3.Client, 3)
+	for i := range bankClients {
+		eps := []string{c.Nodes[i%len(c.Nodes)].Endpoint(), c.Nodes[(i+1)%len(c.Nodes)].Endpoint()}
+		kv, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, err
+		}
+		defer kv.Close()
+		bankClients[i] = kv
+	}
+	if err := bank.Open(sctx, bankClients[0]); err != nil {
+		return nil, fmt.Errorf("opening the bank: %w", err)
+	}
+	for i, kv := range bankClients {
+		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(1000+i)))
+		wg.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if i < 2 {
+					bank.Transfer(ctx, kv, rng)
+					continue
+				}
+				actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+				bank.Audit(actx, kv, n%2 == 1)
+				acancel()
+			}
+		})
+	}
 	for i := range cfg.Clients {
 		// Each client talks to two nodes, so it fails over when one dies.
 		eps := []string{c.Nodes[i%len(c.Nodes)].Endpoint(), c.Nodes[(i+1)%len(c.Nodes)].Endpoint()}
@@ -153,6 +193,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	res.Operations = h.Operations()
 	res.Counts = h.Counts()
+	// A final audit through every node.
+	for _, n := range c.Nodes {
+		kv, err := clientv3.New(clientv3.Config{Endpoints: []string{n.Endpoint()}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, err
+		}
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		bank.Audit(actx, kv, false)
+		acancel()
+		kv.Close()
+	}
+	res.Bank = bank
+	logf("bank: %d transfers, %d audits, %d unanswered transfers", bank.Transfers, bank.Audits, bank.Unanswered)
 	// Let the watchers catch up with the last writes, then stop them.
 	time.Sleep(2 * time.Second)
 	wcancel()
@@ -164,6 +217,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		ins = append(ins, op.Input.(Input))
 	}
 	res.WatchProblems = CheckWatchers(watchers, outs, ins)
+	res.Watchers = watchers
 	for _, w := range watchers {
 		n := 0
 		for _, r := range w.Responses {
@@ -178,7 +232,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	check, info := porcupine.CheckOperationsVerbose(Model, res.Operations, cfg.CheckTimeout)
 	res.Check = check
-	if check != porcupine.Ok || len(res.WatchProblems) > 0 {
+	if check != porcupine.Ok || len(res.WatchProblems) > 0 || len(bank.Problems) > 0 {
 		res.Report = writeReport(cfg, c, res, &info)
 	}
 	return res, nil
@@ -203,11 +257,16 @@ func writeReport(cfg Config, c *Cluster, res *Result, info *porcupine.Linearizat
 		ops = append(ops, op{o.ClientId, o.Call, o.Return, o.Input.(Input), o.Output.(Output)})
 	}
 	if data, err := json.MarshalIndent(map[string]any{"seed": cfg.Seed, "faults": res.Faults,
-		"watch_problems": res.WatchProblems, "operations": ops}, "", " "); err == nil {
+		"watch_problems": res.WatchProblems, "bank_problems": res.Bank.Problems, "operations": ops}, "", " "); err == nil {
 		_ = os.WriteFile(filepath.Join(dir, "history.json"), data, 0o644)
 	}
 	if info != nil {
 		_ = porcupine.VisualizePath(Model, *info, filepath.Join(dir, "history.html"))
+	}
+	for i, w := range res.Watchers {
+		if data, err := json.MarshalIndent(w, "", " "); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("watcher-%d.json", i+1)), data, 0o644)
+		}
 	}
 	for _, n := range c.Nodes {
 		if data, err := os.ReadFile(n.LogPath); err == nil {
