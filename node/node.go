@@ -68,9 +68,10 @@ type Node struct {
 	bgStopped bool
 	// evalDB is the empty in-memory engine cross-range coordinators
 	// evaluate transactions over (evalEngine).
-	evalOnce sync.Once
-	evalDB   *pebble.DB
-	evalErr  error
+	txnMetrics *txnMetrics
+	evalOnce   sync.Once
+	evalDB     *pebble.DB
+	evalErr    error
 }
 
 // Start opens (bootstrapping if new) the node's data directory and serves
@@ -127,6 +128,7 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 	}
 	n.store = store
 	n.registerMetrics()
+	n.txnMetrics = newTxnMetrics(n.reg)
 	if err := n.serve(); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -59,6 +60,26 @@ const txnExpiry = 2 * time.Second
 // pending record but has not committed (tests SIGKILL it there).
 var fpTxnAfterPrepare = gofail.NewFailpoint("nodeTxnAfterPrepare")
 
+// txnMetrics count cross-range transactions by outcome on this node as
+// coordinator (committed, aborted attempts, errors returned) and the
+// transactions its intent resolver decided by recovery.
+type txnMetrics struct {
+	outcomes  *prometheus.CounterVec
+	recovered *prometheus.CounterVec
+}
+
+func newTxnMetrics(reg prometheus.Registerer) *txnMetrics {
+	m := &txnMetrics{
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rangekv_txn_cross_range_total",
+			Help: "Cross-range transaction attempts coordinated by this node, by outcome: committed, read_only (nothing written), retried (a conflict or a moved key), failed (an error returned)."},
+			[]string{"outcome"}),
+		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rangekv_txn_recovered_total",
+			Help: "Transactions past their expiry this node decided by recovery, by status."}, []string{"status"}),
+	}
+	reg.MustRegister(m.outcomes, m.recovered)
+	return m
+}
+
 // errTxnRetry reports a transaction attempt that must start over: a
 // participant's keys are locked by another transaction, its record was
 // aborted by a pusher, or a split moved its keys.
@@ -95,8 +116,12 @@ func (s *kvServer) crossRangeTxn(ctx context.Context, req *pb.TxnRequest) (*pb.T
 	for {
 		resp, err := s.txnAttempt(ctx, req, hist)
 		if !errors.Is(err, errTxnRetry) && !errors.Is(err, errStaleRange) {
+			if err != nil {
+				s.n.txnMetrics.outcomes.WithLabelValues("failed").Inc()
+			}
 			return resp, err
 		}
+		s.n.txnMetrics.outcomes.WithLabelValues("retried").Inc()
 		select {
 		case <-ctx.Done():
 			return nil, rpctypes.ErrGRPCTimeout
@@ -248,8 +273,10 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest, hist *his
 	case len(writes) == 0:
 		// Nothing to write: the compares and reads held at every revision
 		// from the last prepare until the locks go.
+		n.txnMetrics.outcomes.WithLabelValues("read_only").Inc()
 		n.goBackground(func() { n.abortTxn(meta, keys) })
 	default:
+		n.txnMetrics.outcomes.WithLabelValues("committed").Inc()
 		// 3. Make the commit explicit and resolve the intents, in the
 		// background: readers of the keys wait for it.
 		n.goBackground(func() { n.commitTxn(meta, commitRev, writes, keys) })
@@ -686,6 +713,7 @@ func (n *Node) recoverTxn(ctx context.Context, rec *txnproto.TxnRecord) *txnprot
 	}
 	n.log.Info("recovered a transaction past its expiry", zap.String("txn", kvstore.TxnIDString(meta.Id)),
 		zap.Stringer("status", res.Record.Status))
+	n.txnMetrics.recovered.WithLabelValues(strings.ToLower(strings.TrimPrefix(res.Record.Status.String(), "TXN_"))).Inc()
 	return res.Record
 }
 
