@@ -1,6 +1,11 @@
 package rangeraft
 
-import gofail "go.etcd.io/gofail/runtime"
+import (
+	"strconv"
+	"strings"
+
+	gofail "go.etcd.io/gofail/runtime"
+)
 
 // Failpoints (go.etcd.io/gofail), enabled in a running binary through the
 // environment, e.g.
@@ -24,9 +29,31 @@ var (
 	// rangeraftBeforeApplyCommit: a pass has staged the apply of its
 	// committed entries but not committed the batch.
 	fpBeforeApplyCommit = gofail.NewFailpoint("rangeraftBeforeApplyCommit")
+	// rangeraftDropFrom, set to return("<hex node ID>,..."), discards
+	// every raft batch and refuses every snapshot from those nodes: set
+	// on both sides, a two-way partition of raft traffic.
+	fpDropFrom = gofail.NewFailpoint("rangeraftDropFrom")
 )
 
 func failpointBeforeSplitCommit() { _, _ = fpBeforeSplitCommit.Acquire() }
 func failpointAfterSplitCommit()  { _, _ = fpAfterSplitCommit.Acquire() }
 func failpointAfterRaftSave()     { _, _ = fpAfterRaftSave.Acquire() }
 func failpointBeforeApplyCommit() { _, _ = fpBeforeApplyCommit.Acquire() }
+
+// droppedFrom reports whether rangeraftDropFrom names node.
+func droppedFrom(node uint64) bool {
+	v, err := fpDropFrom.Acquire()
+	if err != nil {
+		return false
+	}
+	list, ok := v.(string)
+	if !ok {
+		return false
+	}
+	for _, f := range strings.Split(list, ",") {
+		if id, err := strconv.ParseUint(strings.TrimSpace(f), 16, 64); err == nil && id == node {
+			return true
+		}
+	}
+	return false
+}

@@ -366,6 +366,9 @@ func (t *Transport) RaftBatches(stream txnproto.RaftTransport_RaftBatchesServer)
 			t.s.log.Warn("rejecting raft messages", zap.Uint64("from-node", batch.FromNode), zap.Error(err))
 			return err
 		}
+		if droppedFrom(batch.FromNode) {
+			continue // a partition injected by a failpoint
+		}
 		if d := t.receiveDelay(batch.FromNode); d > 0 {
 			if delayed == nil {
 				delayed = make(chan delayedBatch, peerQueueLen)
@@ -593,6 +596,9 @@ func (t *Transport) Snapshot(stream txnproto.RaftTransport_SnapshotServer) error
 	}
 	if m.GetSnapshot().GetMetadata().GetIndex() != header.AppliedState.Index {
 		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: "snapshot metadata does not match its applied state"})
+	}
+	if droppedFrom(header.FromNode) {
+		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: "partitioned by a failpoint"})
 	}
 	if err := checkSnapshotKeys(header.RangeId, header.Descriptor_, kvs); err != nil {
 		return stream.SendAndClose(&txnproto.SnapshotResponse{Error: err.Error()})

@@ -193,6 +193,20 @@ func (n *Node) EnableFailpoint(name, terms string) error {
 	return nil
 }
 
+// DisableFailpoint clears a gofail failpoint of the running node.
+func (n *Node) DisableFailpoint(name string) error {
+	req, err := http.NewRequest(http.MethodDelete, "http://"+n.Failpoints+"/"+name, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // WaitExit reports whether the node's process exits within d.
 func (n *Node) WaitExit(d time.Duration) bool {
 	n.mu.Lock()

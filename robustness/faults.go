@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -34,6 +35,55 @@ var Faults = []Fault{
 	{"delay", delayInbound},
 	{"crash-at-failpoint", crashAtFailpoint},
 	{"clock-skew", clockSkew},
+	{"partition", partition},
+}
+
+// partition cuts the raft traffic between a node and every other node,
+// both ways, for 1.5–3 s (the rangeraftDropFrom failpoint on every node).
+func partition(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	ids := map[string]uint64{}
+	if err := withRanges(ctx, c, rng, func(rc txnproto.RangesClient) error {
+		nodes, err := rc.ListNodes(ctx, &txnproto.ListNodesRequest{})
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes.Nodes {
+			ids[n.Member.GetName()] = n.Member.GetId()
+		}
+		return nil
+	}); err != nil {
+		return "", err
+	}
+	victim := c.Nodes[rng.IntN(len(c.Nodes))]
+	var others []string
+	for _, n := range c.Nodes {
+		if n != victim {
+			others = append(others, fmt.Sprintf("%x", ids[n.Name]))
+		}
+	}
+	const fp = "rangeraftDropFrom"
+	what := "partition " + victim.Name + " from the others"
+	for _, n := range c.Nodes {
+		list := fmt.Sprintf("%x", ids[victim.Name])
+		if n == victim {
+			list = strings.Join(others, ",")
+		}
+		if err := n.EnableFailpoint(fp, fmt.Sprintf("return(%q)", list)); err != nil {
+			return what, err
+		}
+	}
+	time.Sleep(time.Duration(1500+rng.IntN(1500)) * time.Millisecond)
+	for _, n := range c.Nodes {
+		if err := n.DisableFailpoint(fp); err != nil {
+			return what, err
+		}
+	}
+	for _, n := range c.Nodes {
+		if err := n.WaitReady(ctx); err != nil {
+			return what, err
+		}
+	}
+	return what, nil
 }
 
 // clockSkew restarts a node with its wall clock shifted by ±50–400 ms,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,22 @@ var (
 	nodes   = flag.Int("robustness.nodes", 3, "cluster size")
 	clients = flag.Int("robustness.clients", 6, "concurrent clients")
 	seed    = flag.Uint64("robustness.seed", 0, "seed of the schedule (0: from the clock); printed by every run")
+	kinds   = flag.String("robustness.faults", "", "comma-separated fault kinds to pick from (default: all)")
 )
+
+// selectedFaults returns the fault kinds -robustness.faults names.
+func selectedFaults(t *testing.T) []Fault {
+	if *kinds == "" {
+		return nil
+	}
+	var out []Fault
+	for _, name := range strings.Split(*kinds, ",") {
+		i := slices.IndexFunc(Faults, func(f Fault) bool { return f.Name == name })
+		require.GreaterOrEqual(t, i, 0, "unknown fault kind %q", name)
+		out = append(out, Faults[i])
+	}
+	return out
+}
 
 var rangekvBin string
 
@@ -65,7 +81,7 @@ func TestRobustness(t *testing.T) {
 	t.Logf("seed %d (rerun with -robustness.seed %d)", s, s)
 	res, err := Run(context.Background(), Config{
 		Binary: rangekvBin, Dir: t.TempDir(), Nodes: *nodes, Clients: *clients, Cycles: *cycles, Seed: s,
-		Settle: time.Second, CheckTimeout: 5 * time.Minute, Log: t.Logf,
+		Faults: selectedFaults(t), Settle: time.Second, CheckTimeout: 5 * time.Minute, Log: t.Logf,
 	})
 	if res != nil {
 		t.Logf("history: %d operations %v", len(res.Operations), res.Counts)

@@ -29,6 +29,8 @@ type Config struct {
 	Clients int    // concurrent clients, spread over the nodes
 	Cycles  int    // fault cycles: traffic, a fault under it, traffic
 	Seed    uint64 // seeds the fault schedule and the clients
+	// Faults are the kinds to pick from (default: all of Faults).
+	Faults []Fault
 	// Settle is the traffic before and after each fault.
 	Settle time.Duration
 	// CheckTimeout bounds porcupine.
@@ -176,7 +178,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var faultErr error
 	for cycle := range cfg.Cycles {
 		time.Sleep(cfg.Settle)
-		f := Faults[rng.IntN(len(Faults))]
+		kinds := cfg.Faults
+		if len(kinds) == 0 {
+			kinds = Faults
+		}
+		f := kinds[rng.IntN(len(kinds))]
 		fctx, fcancel := context.WithTimeout(ctx, time.Minute)
 		what, err := f.Inject(fctx, c, rng)
 		fcancel()
