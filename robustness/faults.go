@@ -36,6 +36,33 @@ var Faults = []Fault{
 	{"crash-at-failpoint", crashAtFailpoint},
 	{"clock-skew", clockSkew},
 	{"partition", partition},
+	{"crash-in-split", crashInSplit},
+}
+
+// crashInSplit makes a node panic while it applies a split, before or
+// after the split's batch commits (rangeraftBeforeSplitCommit,
+// rangeraftAfterSplitCommit), splits a range under the traffic, and
+// restarts the node.
+func crashInSplit(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	fp := []string{"rangeraftBeforeSplitCommit", "rangeraftAfterSplitCommit"}[rng.IntN(2)]
+	if err := n.EnableFailpoint(fp, `1*panic("robustness")`); err != nil {
+		return "", err
+	}
+	split, err := splitRange(ctx, c, rng)
+	what := fmt.Sprintf("crash %s at %s during a %s", n.Name, fp, split)
+	if err != nil {
+		// Usually the node crashed while serving the split request.
+		what += fmt.Sprintf(" (split request: %v)", err)
+	}
+	if !n.WaitExit(5 * time.Second) {
+		what += " (not reached: SIGKILL)"
+	}
+	n.Kill()
+	if err := n.Start(); err != nil {
+		return what, err
+	}
+	return what, n.WaitReady(ctx)
 }
 
 // partition cuts the raft traffic between a node and every other node,
