@@ -274,6 +274,16 @@ func measureServer(endpoints []string) func(ops int64) *ServerCPU {
 // RunPut writes values of ValueSize under Prefix keys.
 func RunPut(ctx context.Context, c Config) (*Report, error) {
 	c = c.Defaults()
+	return runLoad(ctx, c, "put", func(ctx context.Context, kv []clientv3.KV, rec *Recorder) time.Duration {
+		return putLoad(ctx, c, kv, 42, rec, nil)
+	})
+}
+
+// runLoad dials c's connections, runs load over them recording every
+// request in one Recorder, and reports it as the single operation name
+// with the servers' CPU per successful request.
+func runLoad(ctx context.Context, c Config, name string,
+	load func(ctx context.Context, kv []clientv3.KV, rec *Recorder) time.Duration) (*Report, error) {
 	clients, err := dial(c)
 	if err != nil {
 		return nil, err
@@ -287,9 +297,9 @@ func RunPut(ctx context.Context, c Config) (*Report, error) {
 	rec := NewRecorder()
 	cpu := measureServer(c.Endpoints)
 	started := time.Now()
-	elapsed := putLoad(ctx, c, kv, 42, rec, nil)
-	op := rec.Summarize("put", elapsed)
-	return &Report{Workload: "put", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
+	elapsed := load(ctx, kv, rec)
+	op := rec.Summarize(name, elapsed)
+	return &Report{Workload: name, Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
 		Ops: []OpReport{op}, Server: cpu(op.Requests - op.Errors)}, nil
 }
 
@@ -621,42 +631,28 @@ func RunIdleWatchers(ctx context.Context, c Config, n int, settle time.Duration)
 func RunTxnPut(ctx context.Context, c Config, opsPerTxn int, spread bool) (*Report, error) {
 	c = c.Defaults()
 	opsPerTxn = max(opsPerTxn, 1)
-	clients, err := dial(c)
-	if err != nil {
-		return nil, err
-	}
-	defer closeAll(clients)
-	kv, closeKV, err := kvs(c, clients)
-	if err != nil {
-		return nil, err
-	}
-	defer closeKV()
-	rec := NewRecorder()
-	cpu := measureServer(c.Endpoints)
 	val := value(c)
 	rnds := make([]*rand.Rand, c.Clients)
 	for i := range rnds {
 		rnds[i] = rand.New(rand.NewPCG(uint64(i), 43))
 	}
-	started := time.Now()
-	elapsed := drive(ctx, c, func(ctx context.Context, client, seq int) {
-		first := keyIndex(c, seq, rnds[client])
-		ops := make([]clientv3.Op, 0, opsPerTxn)
-		for k := range opsPerTxn {
-			idx := first + k
-			if spread {
-				idx = first%(c.KeySpace/opsPerTxn) + k*(c.KeySpace/opsPerTxn)
+	return runLoad(ctx, c, "txn-put", func(ctx context.Context, kv []clientv3.KV, rec *Recorder) time.Duration {
+		return drive(ctx, c, func(ctx context.Context, client, seq int) {
+			first := keyIndex(c, seq, rnds[client])
+			ops := make([]clientv3.Op, 0, opsPerTxn)
+			for k := range opsPerTxn {
+				idx := first + k
+				if spread {
+					idx = first%(c.KeySpace/opsPerTxn) + k*(c.KeySpace/opsPerTxn)
+				}
+				ops = append(ops, clientv3.OpPut(c.Key(idx%c.KeySpace), val))
 			}
-			ops = append(ops, clientv3.OpPut(c.Key(idx%c.KeySpace), val))
-		}
-		rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
-		t := time.Now()
-		_, err := kv[client%c.Conns].Txn(rctx).
-			If(clientv3.Compare(clientv3.ModRevision(string(ops[0].KeyBytes())), ">", -1)).Then(ops...).Commit()
-		cancel()
-		rec.Observe(time.Since(t), err)
+			rctx, cancel := context.WithTimeout(ctx, c.RequestTimeout)
+			t := time.Now()
+			_, err := kv[client%c.Conns].Txn(rctx).
+				If(clientv3.Compare(clientv3.ModRevision(string(ops[0].KeyBytes())), ">", -1)).Then(ops...).Commit()
+			cancel()
+			rec.Observe(time.Since(t), err)
+		})
 	})
-	op := rec.Summarize("txn-put", elapsed)
-	return &Report{Workload: "txn-put", Endpoints: c.Endpoints, Started: started, Elapsed: elapsed,
-		Ops: []OpReport{op}, Server: cpu(op.Requests - op.Errors)}, nil
 }

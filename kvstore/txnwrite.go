@@ -40,6 +40,23 @@ func TxnRecordSpan(rangeID uint64) (start, end []byte) {
 	return rangeLocalKey(rangeID, suffixTxnRecord), rangeLocalKey(rangeID, suffixTxnRecord+1)
 }
 
+// ParseTxnStateKey splits a key of the range's transaction state into its
+// kind (intent is false for a record) and transaction ID; ok is false for
+// any other key.
+func ParseTxnStateKey(rangeID uint64, key []byte) (intent bool, txnID []byte, ok bool) {
+	prefix := RangeLocalPrefix(rangeID)
+	if !bytes.HasPrefix(key, prefix) || len(key) <= len(prefix) {
+		return false, nil, false
+	}
+	switch key[len(prefix)] {
+	case suffixIntent:
+		return true, key[len(prefix)+1:], true
+	case suffixTxnRecord:
+		return false, key[len(prefix)+1:], true
+	}
+	return false, nil, false
+}
+
 // TxnWrite is one key's final change by a committed cross-range
 // transaction: a put of Value with Lease, or a delete. Key is a span key.
 type TxnWrite struct {

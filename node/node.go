@@ -6,6 +6,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"github.com/cockroachdb/pebble/v2"
@@ -58,10 +59,14 @@ type Node struct {
 	reqTimeout time.Duration
 	stopOnce   sync.Once
 	stopc      chan struct{}
-	done       chan struct{}
-	errMu      sync.Mutex
-	err        error
-	wg         sync.WaitGroup
+	// lifetime is cancelled when the node stops (closeAll): the context
+	// of background work that outlives a request.
+	lifetime    context.Context
+	endLifetime context.CancelFunc
+	done        chan struct{}
+	errMu       sync.Mutex
+	err         error
+	wg          sync.WaitGroup
 	// bgMu guards bgStopped, set once closeAll waits for background work
 	// (goBackground adds none after).
 	bgMu      sync.Mutex
@@ -89,6 +94,7 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 		reqTimeout: 5*time.Second + 2*cfg.ElectionTimeout,
 		reg:        prometheus.NewRegistry(),
 	}
+	n.lifetime, n.endLifetime = context.WithCancel(context.Background())
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ok := false
 	defer func() {
@@ -205,6 +211,7 @@ func (n *Node) fail(err error) {
 }
 
 func (n *Node) closeAll() {
+	n.endLifetime()
 	if n.clientServer != nil {
 		n.clientServer.Stop()
 	}

@@ -156,25 +156,25 @@ func (n *Node) registerMetrics() {
 			return float64(c)
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rangekv_txn_intents",
-			Help: "Unresolved cross-range transaction intents held by this node's replicas (docs/transactions.md)."}, func() float64 {
-			c := 0
-			for _, r := range n.store.Replicas() {
-				c += len(r.Intents())
-			}
-			return float64(c)
-		}),
+			Help: "Unresolved cross-range transaction intents held by this node's replicas (docs/transactions.md)."},
+			func() float64 { intents, _ := n.txnCounts(); return float64(intents) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rangekv_txn_records",
-			Help: "Transaction records held by this node's replicas as anchors."}, func() float64 {
-			c := 0
-			for _, r := range n.store.Replicas() {
-				c += len(r.Records())
-			}
-			return float64(c)
-		}),
+			Help: "Transaction records held by this node's replicas as anchors."},
+			func() float64 { _, records := n.txnCounts(); return float64(records) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "etcd_server_version",
 			Help: "API version the server implements (label).", ConstLabels: prometheus.Labels{"server_version": APIVersion}},
 			func() float64 { return 1 }),
 	)
+}
+
+// txnCounts sums the intents and records of the node's replicas.
+func (n *Node) txnCounts() (intents, records int) {
+	for _, r := range n.store.Replicas() {
+		i, rec := r.TxnCounts()
+		intents += i
+		records += rec
+	}
+	return intents, records
 }
 
 // registerHTTP adds etcd's HTTP endpoints: /health, /livez, /readyz,

@@ -254,7 +254,7 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest, hist *his
 	wg.Wait()
 	for _, p := range parts {
 		if p.err != nil {
-			return nil, n.giveUp(ctx, meta, keys, p.err)
+			return nil, n.giveUp(meta, keys, p.err)
 		}
 	}
 	_, _ = fpTxnAfterPrepare.Acquire()
@@ -293,7 +293,7 @@ func (s *kvServer) txnAttempt(ctx context.Context, req *pb.TxnRequest, hist *his
 // aborted (or written aborted), then the intents are released. If
 // recovery found every intent first and committed, the outcome is the
 // client's to learn: etcd's ambiguous timeout.
-func (n *Node) giveUp(ctx context.Context, meta *txnproto.TxnMeta, keys [][]byte, cause error) error {
+func (n *Node) giveUp(meta *txnproto.TxnMeta, keys [][]byte, cause error) error {
 	actx, cancel := n.stopContext(n.reqTimeout)
 	defer cancel()
 	res, _, err := n.txnCommand(actx, meta.AnchorKey, &txnproto.Command{TxnAbort: &txnproto.TxnAbortCommand{
@@ -357,32 +357,26 @@ func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64, 
 	}
 	b := db.NewIndexedBatch()
 	defer b.Close()
+	var locked []*mvccpb.KeyValue
 	for _, p := range parts {
-		kvs := make([]*mvccpb.KeyValue, 0, len(p.prep.Kvs))
 		for _, data := range p.prep.Kvs {
 			kv := &mvccpb.KeyValue{}
 			if err := proto.Unmarshal(data, kv); err != nil {
 				return nil, nil, err
 			}
-			kvs = append(kvs, kv)
+			locked = append(locked, kv)
 		}
-		if err := kvstore.LoadSnapshotKVs(b, kvstore.UserKeys, kvs); err != nil {
-			return nil, nil, err
-		}
+	}
+	if err := kvstore.LoadSnapshotKVs(b, kvstore.UserKeys, locked); err != nil {
+		return nil, nil, err
 	}
 	if hist != nil && hist.rev < rev {
 		// The versions live at hist.rev, and a tombstone just above it for
 		// every one of those keys not live now: reads at hist.rev see the
 		// history, reads at rev the locked keys.
-		live := map[string]bool{}
-		for _, p := range parts {
-			for _, data := range p.prep.Kvs {
-				kv := &mvccpb.KeyValue{}
-				if err := proto.Unmarshal(data, kv); err != nil {
-					return nil, nil, err
-				}
-				live[string(kv.Key)] = true
-			}
+		live := make(map[string]bool, len(locked))
+		for _, kv := range locked {
+			live[string(kv.Key)] = true
 		}
 		if err := kvstore.LoadSnapshotKVs(b, kvstore.UserKeys, hist.kvs); err != nil {
 			return nil, nil, err
@@ -418,7 +412,7 @@ func (n *Node) evaluateTxn(req *pb.TxnRequest, parts []*participant, rev int64, 
 
 // resolveParticipants resolves the intents of a finalized transaction on
 // the ranges holding keys, then forgets its record once all succeeded.
-func (n *Node) resolveParticipants(meta *txnproto.TxnMeta, commit bool, commitRev int64, writes []*txnproto.TxnWrite, keys [][]byte) bool {
+func (n *Node) resolveParticipants(meta *txnproto.TxnMeta, commit bool, commitRev int64, writes []*txnproto.TxnWrite, keys [][]byte) {
 	ctx, cancel := n.stopContext(n.reqTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -439,24 +433,17 @@ func (n *Node) resolveParticipants(meta *txnproto.TxnMeta, commit bool, commitRe
 	if err := errors.Join(errs...); err != nil {
 		n.log.Debug("transaction resolution incomplete; the resolvers finish it",
 			zap.String("txn", kvstore.TxnIDString(meta.Id)), zap.Error(err))
-		return false
+		return
 	}
-	_, _, err := n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnForget: &txnproto.TxnForgetCommand{TxnId: meta.Id}})
-	return err == nil
+	// A record left behind is removed by its anchor's resolver later
+	// (finishRecord).
+	_, _, _ = n.txnCommand(ctx, meta.AnchorKey, &txnproto.Command{TxnForget: &txnproto.TxnForgetCommand{TxnId: meta.Id}})
 }
 
 // stopContext returns a context with timeout d that also ends when the
 // node stops.
 func (n *Node) stopContext(d time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	go func() {
-		select {
-		case <-n.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
+	return context.WithTimeout(n.lifetime, d)
 }
 
 // txnCommand proposes a transaction command on the leader of the range

@@ -2,6 +2,7 @@ package rangeraft
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -122,25 +123,24 @@ func spanOf(start, end []byte) [2][]byte { return [2][]byte{start, end} }
 // add decodes one persisted intent or record (key under the range's
 // local prefix) into t; other keys are ignored.
 func (t *txnTable) add(rangeID uint64, key, value []byte) error {
-	prefix := kvstore.RangeLocalPrefix(rangeID)
-	if !bytes.HasPrefix(key, prefix) || len(key) <= len(prefix) {
+	intent, txnID, ok := kvstore.ParseTxnStateKey(rangeID, key)
+	if !ok {
 		return nil
 	}
-	id := string(key[len(prefix)+1:])
-	switch key[len(prefix)] {
-	case 'i':
+	id := string(txnID)
+	if intent {
 		in := &txnproto.TxnIntent{}
 		if err := proto.Unmarshal(value, in); err != nil {
 			return fmt.Errorf("range %d: corrupt intent %x: %w", rangeID, id, err)
 		}
 		t.intents[id] = in
-	case 'x':
-		rec := &txnproto.TxnRecord{}
-		if err := proto.Unmarshal(value, rec); err != nil {
-			return fmt.Errorf("range %d: corrupt transaction record %x: %w", rangeID, id, err)
-		}
-		t.records[id] = rec
+		return nil
 	}
+	rec := &txnproto.TxnRecord{}
+	if err := proto.Unmarshal(value, rec); err != nil {
+		return fmt.Errorf("range %d: corrupt transaction record %x: %w", rangeID, id, err)
+	}
+	t.records[id] = rec
 	return nil
 }
 
@@ -185,9 +185,6 @@ type txnApply struct {
 	closeAt int64
 }
 
-// physicalMS is the wall time of an HLC timestamp in Unix milliseconds.
-func physicalMS(ts int64) int64 { return hlc.Physical(ts) }
-
 // applyTxnCommand stages a Txn* command of the replica, applied at rev
 // (the command's own revision), against table t (a private copy). The
 // writes of a commit or resolve are at the transaction's commit revision.
@@ -204,7 +201,7 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 		if len(in.GetSpans()) == 0 || len(in.GetTxn().GetId()) == 0 {
 			return out, ErrMalformedTxnCommand
 		}
-		if physicalMS(rev) > in.GetTxn().GetExpiryMs() {
+		if hlc.Physical(rev) > in.GetTxn().GetExpiryMs() {
 			// Revisions grow along the log: once one past the expiry
 			// applied (a recovery's), no prepare of the txn ever does.
 			return out, ErrTxnAborted
@@ -251,7 +248,7 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 		out.resp = res
 		t.recompute()
 	case cmd.TxnRecover != nil:
-		if physicalMS(rev) <= cmd.TxnRecover.ExpiryMs {
+		if hlc.Physical(rev) <= cmd.TxnRecover.ExpiryMs {
 			return out, ErrTxnNotExpired
 		}
 		res := &txnproto.TxnCommandResult{}
@@ -302,7 +299,7 @@ func (r *Replica) applyTxnCommand(b *pebble.Batch, t *txnTable, cmd *txnproto.Co
 			// makes a late prepare fail.
 			rec = &txnproto.TxnRecord{Txn: meta, Status: txnproto.TxnStatus_TXN_ABORTED}
 		case rec.Status == txnproto.TxnStatus_TXN_PENDING && (cmd.TxnAbort.Coordinator ||
-			cmd.TxnAbort.Recovered && physicalMS(rev) > rec.Txn.GetExpiryMs()):
+			cmd.TxnAbort.Recovered && hlc.Physical(rev) > rec.Txn.GetExpiryMs()):
 			rec = &txnproto.TxnRecord{Txn: rec.Txn, Status: txnproto.TxnStatus_TXN_ABORTED}
 		default:
 			out.resp = &txnproto.TxnCommandResult{Record: rec}
@@ -402,7 +399,7 @@ func (r *Replica) publishApplied(pubs []FeedEntry, minPrepare int64) {
 	// resolution below them: order them before they reach the feed.
 	for _, p := range pubs {
 		i, found := slices.BinarySearchFunc(r.held, p.Revision, func(e FeedEntry, rev int64) int {
-			return compareRev(e.Revision, rev)
+			return cmp.Compare(e.Revision, rev)
 		})
 		if found {
 			r.held[i].Events = append(slices.Clip(r.held[i].Events), p.Events...)
@@ -423,16 +420,6 @@ func (r *Replica) publishApplied(pubs []FeedEntry, minPrepare int64) {
 	r.held = slices.Delete(r.held, 0, n)
 }
 
-func compareRev(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // Intents returns the transaction intents the replica holds, with the
 // time each was first seen applied on this node (for the resolver).
 func (r *Replica) Intents() []IntentInfo {
@@ -446,6 +433,16 @@ func (r *Replica) Intents() []IntentInfo {
 		out = append(out, IntentInfo{Intent: in, Since: r.intentSeen[id]})
 	}
 	return out
+}
+
+// TxnCounts returns how many intents and records the replica holds.
+func (r *Replica) TxnCounts() (intents, records int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.txns == nil {
+		return 0, 0
+	}
+	return len(r.txns.intents), len(r.txns.records)
 }
 
 // IntentInfo is an intent and the local time it was first seen applied.
@@ -513,29 +510,27 @@ func (r *Replica) WaitIntent(ctx context.Context, txnID []byte) error {
 func (r *Replica) installTxnsLocked(t *txnTable) {
 	r.txns = t
 	now := time.Now()
-	if r.intentSeen == nil {
-		r.intentSeen, r.recordSeen = map[string]time.Time{}, map[string]time.Time{}
+	r.intentSeen = trackSeen(r.intentSeen, t.intents, now)
+	r.recordSeen = trackSeen(r.recordSeen, t.records, now)
+}
+
+// trackSeen keeps, for every ID in current, the time it was first seen
+// (now for new ones), and forgets the others.
+func trackSeen[V any](seen map[string]time.Time, current map[string]V, now time.Time) map[string]time.Time {
+	if seen == nil {
+		seen = map[string]time.Time{}
 	}
-	for id := range r.intentSeen {
-		if _, ok := t.intents[id]; !ok {
-			delete(r.intentSeen, id)
+	for id := range seen {
+		if _, ok := current[id]; !ok {
+			delete(seen, id)
 		}
 	}
-	for id := range t.intents {
-		if _, ok := r.intentSeen[id]; !ok {
-			r.intentSeen[id] = now
+	for id := range current {
+		if _, ok := seen[id]; !ok {
+			seen[id] = now
 		}
 	}
-	for id := range r.recordSeen {
-		if _, ok := t.records[id]; !ok {
-			delete(r.recordSeen, id)
-		}
-	}
-	for id := range t.records {
-		if _, ok := r.recordSeen[id]; !ok {
-			r.recordSeen[id] = now
-		}
-	}
+	return seen
 }
 
 // splitTxnState moves, within a split's batch, the transaction state of

@@ -15,8 +15,6 @@ import (
 	"github.com/anishathalye/porcupine"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/rangekv/rangekv/txnproto"
 )
@@ -92,8 +90,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var startRev int64
 	for i := range 2 {
 		n := c.Nodes[i%len(c.Nodes)]
-		kv, err := clientv3.New(clientv3.Config{Endpoints: append([]string{n.Endpoint()}, c.Endpoints()...),
-			DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		kv, err := dial(append([]string{n.Endpoint()}, c.Endpoints()...))
 		if err != nil {
 			return nil, err
 		}
@@ -120,7 +117,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	bankClients := make([]*clientv3.Client, 3)
 	for i := range bankClients {
 		eps := []string{c.Nodes[i%len(c.Nodes)].Endpoint(), c.Nodes[(i+1)%len(c.Nodes)].Endpoint()}
-		kv, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		kv, err := dial(eps)
 		if err != nil {
 			return nil, err
 		}
@@ -152,8 +149,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for i := range cfg.Clients {
 		// Each client talks to two nodes, so it fails over when one dies.
 		eps := []string{c.Nodes[i%len(c.Nodes)].Endpoint(), c.Nodes[(i+1)%len(c.Nodes)].Endpoint()}
-		kv, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second,
-			Logger: zap.NewNop(), DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+		kv, err := dial(eps)
 		if err != nil {
 			close(stop)
 			wg.Wait()
@@ -201,7 +197,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Counts = h.Counts()
 	// A final audit through every node.
 	for _, n := range c.Nodes {
-		kv, err := clientv3.New(clientv3.Config{Endpoints: []string{n.Endpoint()}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		kv, err := dial([]string{n.Endpoint()})
 		if err != nil {
 			return nil, err
 		}
@@ -242,6 +238,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Report = writeReport(cfg, c, res, &info)
 	}
 	return res, nil
+}
+
+// dial connects a quiet clientv3 client to endpoints.
+func dial(endpoints []string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 }
 
 // writeReport writes the history (JSON), porcupine's visualization (when
