@@ -36,7 +36,7 @@ const grpcOverheadBytes = 512 * 1024
 
 // serve binds the peer and client URLs and starts their servers.
 func (n *Node) serve() error {
-	n.peerServer = grpc.NewServer(append(n.clockInterceptors(true),
+	n.peerServer = grpc.NewServer(append(append(rangeraft.PartitionInterceptors(), n.clockInterceptors(true)...),
 		grpc.WaitForHandlers(true),
 		grpc.MaxRecvMsgSize(64<<20+n.cfg.MaxRequestBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),

@@ -29,9 +29,18 @@ var (
 	// rangeraftBeforeApplyCommit: a pass has staged the apply of its
 	// committed entries but not committed the batch.
 	fpBeforeApplyCommit = gofail.NewFailpoint("rangeraftBeforeApplyCommit")
+	// rangeraftBeforeSnapshotCommit: a pass has staged a received
+	// snapshot (the range's data, log and descriptor replaced) but has not
+	// committed the batch.
+	fpBeforeSnapshotCommit = gofail.NewFailpoint("rangeraftBeforeSnapshotCommit")
+	// rangeraftAfterSnapshotCommit: a received snapshot is durable in the
+	// engine but not yet installed in memory (the replica still has its old
+	// log bounds and descriptor).
+	fpAfterSnapshotCommit = gofail.NewFailpoint("rangeraftAfterSnapshotCommit")
 	// rangeraftDropFrom, set to return("<hex node ID>,..."), discards
-	// every raft batch and refuses every snapshot from those nodes: set
-	// on both sides, a two-way partition of raft traffic.
+	// every raft batch, refuses every snapshot and blackholes every other
+	// peer RPC (forwarded requests, transaction messages) from those
+	// nodes: set on both sides, a two-way partition of peer traffic.
 	fpDropFrom = gofail.NewFailpoint("rangeraftDropFrom")
 )
 
@@ -39,6 +48,9 @@ func failpointBeforeSplitCommit() { _, _ = fpBeforeSplitCommit.Acquire() }
 func failpointAfterSplitCommit()  { _, _ = fpAfterSplitCommit.Acquire() }
 func failpointAfterRaftSave()     { _, _ = fpAfterRaftSave.Acquire() }
 func failpointBeforeApplyCommit() { _, _ = fpBeforeApplyCommit.Acquire() }
+
+func failpointBeforeSnapshotCommit() { _, _ = fpBeforeSnapshotCommit.Acquire() }
+func failpointAfterSnapshotCommit()  { _, _ = fpAfterSnapshotCommit.Acquire() }
 
 // droppedFrom reports whether rangeraftDropFrom names node.
 func droppedFrom(node uint64) bool {

@@ -564,13 +564,17 @@ func (s *Store) processReady() error {
 	}
 	start := time.Now()
 	b := s.db.NewBatch()
-	mustSync := false
+	mustSync, snapshot := false, false
 	for _, it := range items {
 		if err := it.r.persistReady(b, it); err != nil {
 			b.Close()
 			return err
 		}
 		mustSync = mustSync || it.rd.MustSync
+		snapshot = snapshot || it.snap != nil
+	}
+	if snapshot {
+		failpointBeforeSnapshotCommit()
 	}
 	if !b.Empty() {
 		opt := pebble.NoSync
@@ -587,6 +591,9 @@ func (s *Store) processReady() error {
 	}
 	b.Close()
 	s.metrics.readyBatchSize.Observe(float64(len(items)))
+	if snapshot {
+		failpointAfterSnapshotCommit()
+	}
 	failpointAfterRaftSave()
 
 	// Persisted: publish the new log bounds, then send. A vote or a

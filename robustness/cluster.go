@@ -129,7 +129,12 @@ func (c *Cluster) Stop() {
 }
 
 // Start runs the node's process with its flags, logging to LogPath.
-func (n *Node) Start() error {
+func (n *Node) Start() error { return n.StartWithFailpoints("") }
+
+// StartWithFailpoints starts the node with gofail failpoints set from its
+// first instruction (GOFAIL_FAILPOINTS, e.g. `name=1*panic("x")`), for
+// points a node passes while it starts or catches up.
+func (n *Node) StartWithFailpoints(failpoints string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd != nil {
@@ -146,6 +151,10 @@ func (n *Node) Start() error {
 	fmt.Fprintf(f, "=== robustness: %s starting %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
 	cmd := exec.Command(n.binary, args...)
 	cmd.Env = append(cleanEnv(), "GOFAIL_HTTP="+n.Failpoints)
+	if failpoints != "" {
+		fmt.Fprintf(f, "=== robustness: with GOFAIL_FAILPOINTS=%s\n", failpoints)
+		cmd.Env = append(cmd.Env, "GOFAIL_FAILPOINTS="+failpoints)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	setProcessAttrs(cmd)
 	if err := cmd.Start(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +38,64 @@ var Faults = []Fault{
 	{"clock-skew", clockSkew},
 	{"partition", partition},
 	{"crash-in-split", crashInSplit},
+	{"crash-in-snapshot", crashInSnapshot},
+}
+
+// crashInSnapshot SIGKILLs a node, writes enough behind its back that the
+// logs of the first and last ranges are truncated past it, and restarts it
+// to panic at rangeraftBeforeSnapshotCommit or rangeraftAfterSnapshotCommit
+// while it applies the snapshot that catches it up; then restarts it
+// clean. The writes go to keys outside the traffic's resource and the
+// bank's accounts.
+func crashInSnapshot(ctx context.Context, c *Cluster, rng *rand.Rand) (string, error) {
+	n := c.Nodes[rng.IntN(len(c.Nodes))]
+	fp := []string{"rangeraftBeforeSnapshotCommit", "rangeraftAfterSnapshotCommit"}[rng.IntN(2)]
+	what := fmt.Sprintf("crash %s at %s while it catches up by snapshot", n.Name, fp)
+	n.Kill()
+	var eps []string
+	for _, o := range c.Nodes {
+		if o != n {
+			eps = append(eps, o.Endpoint())
+		}
+	}
+	kv, err := dial(eps)
+	if err != nil {
+		return what, err
+	}
+	defer kv.Close()
+	// Truncation keeps SnapshotCount/2 entries and runs every
+	// 3*SnapshotCount/2: 2*SnapshotCount writes to a range truncate its
+	// log past any entry the node had.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < 2*SnapshotCount; i += 8 {
+				for _, k := range []string{"0/filler", "y/filler"} {
+					if _, err := kv.Put(ctx, fmt.Sprintf("%s%d", k, i%16), "x"); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		what += fmt.Sprintf(" (filling: %v)", err)
+	}
+	if err := n.StartWithFailpoints(fp + `=1*panic("robustness")`); err != nil {
+		return what, err
+	}
+	if !n.WaitExit(10 * time.Second) {
+		what += " (not reached: SIGKILL)"
+	}
+	n.Kill()
+	if err := n.Start(); err != nil {
+		return what, err
+	}
+	return what, n.WaitReady(ctx)
 }
 
 // crashInSplit makes a node panic while it applies a split, before or

@@ -28,6 +28,7 @@ var (
 	clients = flag.Int("robustness.clients", 6, "concurrent clients")
 	seed    = flag.Uint64("robustness.seed", 0, "seed of the schedule (0: from the clock); printed by every run")
 	kinds   = flag.String("robustness.faults", "", "comma-separated fault kinds to pick from (default: all)")
+	profile = flag.String("robustness.profiles", strings.Join(Profiles, ","), "comma-separated traffic profiles, one run each")
 )
 
 // selectedFaults returns the fault kinds -robustness.faults names.
@@ -70,18 +71,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestRobustness runs the etcd traffic profile over keys in four ranges
-// through fault cycles (SIGKILL and restart, SIGSTOP pauses, splits,
-// leadership moves) and checks the history with porcupine.
+// TestRobustness runs each traffic profile over keys in four ranges
+// through fault cycles and checks the history: porcupine, the watch
+// guarantees, stale reads, informers (Kubernetes), the bank, and a final
+// read through every node.
 func TestRobustness(t *testing.T) {
+	for _, p := range strings.Split(*profile, ",") {
+		require.Contains(t, Profiles, p, "unknown profile")
+		t.Run(p, func(t *testing.T) { runProfile(t, p) })
+	}
+}
+
+func runProfile(t *testing.T, profile string) {
 	s := *seed
 	if s == 0 {
 		s = uint64(time.Now().UnixNano())
 	}
-	t.Logf("seed %d (rerun with -robustness.seed %d)", s, s)
+	t.Logf("seed %d (rerun with -robustness.seed %d -robustness.profiles %s)", s, s, profile)
 	res, err := Run(context.Background(), Config{
 		Binary: rangekvBin, Dir: t.TempDir(), Nodes: *nodes, Clients: *clients, Cycles: *cycles, Seed: s,
-		Faults: selectedFaults(t), Settle: time.Second, CheckTimeout: 5 * time.Minute, Log: t.Logf,
+		Profile: profile, Faults: selectedFaults(t), Settle: time.Second, CheckTimeout: 5 * time.Minute, Log: t.Logf,
 	})
 	if res != nil {
 		t.Logf("history: %d operations %v", len(res.Operations), res.Counts)
@@ -92,13 +101,23 @@ func TestRobustness(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, porcupine.Ok, res.Check, "the history is not linearizable (seed %d)", s)
 	require.Empty(t, res.WatchProblems, "watch guarantees (seed %d)", s)
+	require.Empty(t, res.StaleProblems, "stale reads (seed %d)", s)
+	require.Empty(t, res.InformerProblems, "informers (seed %d)", s)
 	require.Empty(t, res.Bank.Problems, "bank invariant (seed %d)", s)
+	require.Zero(t, res.FinalReadErrors, "final reads (seed %d)", s)
 	require.Positive(t, res.Bank.Transfers, "no transfer succeeded")
 	for _, n := range res.WatchEvents {
 		require.Positive(t, n, "a watcher saw no event")
 	}
-	require.Positive(t, res.Counts["cas2-ok"], "no cross-range transaction succeeded")
+	require.Positive(t, res.Counts["cas-ok"], "no CAS succeeded")
 	require.Positive(t, res.Counts["readAll"], "no read completed")
+	require.Positive(t, res.StaleChecked, "no stale read was checked")
+	if profile == ProfileEtcd {
+		require.Positive(t, res.Counts["cas2-ok"], "no cross-range transaction succeeded")
+	}
+	for _, inf := range res.Informers {
+		require.NotEmpty(t, inf.Epochs, "%s never listed", inf.Name)
+	}
 }
 
 // TestModelRejectsLostWrite checks the checker: an acknowledged put that

@@ -69,7 +69,12 @@ type Client struct {
 	Rand    *rand.Rand
 	// Timeout bounds each request.
 	Timeout time.Duration
-	seq     int
+	// Profile is the traffic: ProfileEtcd (default) or ProfileKubernetes.
+	Profile string
+	// Stale collects serializable reads, checked against the watch
+	// history (CheckStaleReads) since porcupine cannot place them.
+	Stale *StaleReads
+	seq   int
 	seen    State
 	seenRev [NumKeys]int64 // mod_revision of seen, 0 when absent
 }
@@ -81,11 +86,21 @@ func (c *Client) Step(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 	c.seq++
-	val := func(n int) string { return fmt.Sprintf("c%d-%d-%d", c.ID, c.seq, n) }
+	val := c.val
+	if c.Profile == ProfileKubernetes {
+		c.stepKubernetes(ctx)
+		return
+	}
 	h := c.History
 	call := h.now()
 	i := c.Rand.IntN(NumKeys)
 	switch r := c.Rand.IntN(100); {
+	case r < 5:
+		// A stale get: served by whichever node the client is on.
+		resp, err := c.KV.Get(ctx, Keys[i], clientv3.WithSerializable())
+		if err == nil {
+			c.Stale.add(resp.Header.Revision, Keys[i:i+1], resp.Kvs)
+		}
 	case r < 20:
 		resp, err := c.KV.Get(ctx, Keys[i])
 		if err != nil {
@@ -100,24 +115,7 @@ func (c *Client) Step(ctx context.Context) {
 		c.seen[i] = out.Values[i]
 		h.add(c.ID, Input{Kind: OpGet, I: i}, call, out, h.now())
 	case r < 35:
-		ops := make([]clientv3.Op, 0, NumKeys)
-		for _, k := range Keys {
-			ops = append(ops, clientv3.OpGet(k))
-		}
-		resp, err := c.KV.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return
-		}
-		var out Output
-		for n, r := range resp.Responses {
-			c.seenRev[n] = 0
-			if kvs := r.GetResponseRange().Kvs; len(kvs) == 1 {
-				out.Values[n] = string(kvs[0].Value)
-				c.seenRev[n] = kvs[0].ModRevision
-			}
-		}
-		c.seen = out.Values
-		h.add(c.ID, Input{Kind: OpReadAll}, call, out, h.now())
+		_ = c.readAll(ctx)
 	case r < 55:
 		in := Input{Kind: OpPut, I: i, Value: [2]string{val(0)}}
 		resp, err := c.KV.Put(ctx, Keys[i], in.Value[0])
@@ -147,6 +145,35 @@ func (c *Client) Step(ctx context.Context) {
 		_, err := c.KV.Delete(ctx, "a/", clientv3.WithRange("x"))
 		h.add(c.ID, Input{Kind: OpDeleteAll}, call, Output{Unknown: err != nil}, h.now())
 	}
+}
+
+// valueOf is the unique value a client writes as the n-th value of its
+// seq-th operation.
+func (c *Client) valueOf(seq, n int) string { return fmt.Sprintf("c%d-%d-%d", c.ID, seq, n) }
+
+// readAll reads every key in one multi-range transaction and records it;
+// a failed read is not recorded.
+func (c *Client) readAll(ctx context.Context) error {
+	call := c.History.now()
+	ops := make([]clientv3.Op, 0, NumKeys)
+	for _, k := range Keys {
+		ops = append(ops, clientv3.OpGet(k))
+	}
+	resp, err := c.KV.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return err
+	}
+	var out Output
+	for n, r := range resp.Responses {
+		c.seenRev[n] = 0
+		if kvs := r.GetResponseRange().Kvs; len(kvs) == 1 {
+			out.Values[n] = string(kvs[0].Value)
+			c.seenRev[n] = kvs[0].ModRevision
+		}
+	}
+	c.seen = out.Values
+	c.History.add(c.ID, Input{Kind: OpReadAll}, call, out, c.History.now())
+	return nil
 }
 
 // compare is the condition that key i still holds what the client last
