@@ -73,8 +73,8 @@ type Client struct {
 	Profile string
 	// Stale collects serializable reads, checked against the watch
 	// history (CheckStaleReads) since porcupine cannot place them.
-	Stale *StaleReads
-	seq   int
+	Stale   *StaleReads
+	seq     int
 	seen    State
 	seenRev [NumKeys]int64 // mod_revision of seen, 0 when absent
 }
