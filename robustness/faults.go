@@ -72,9 +72,17 @@ func crashInSnapshot(ctx context.Context, c *Cluster, rng *rand.Rand) (string, e
 		wg.Go(func() {
 			for i := w; i < 2*SnapshotCount; i += 8 {
 				for _, k := range []string{"0/filler", "y/filler"} {
-					if _, err := kv.Put(ctx, fmt.Sprintf("%s%d", k, i%16), "x"); err != nil {
-						errs <- err
-						return
+					// Retried: the kill may have taken leaders with it.
+					for {
+						_, err := kv.Put(ctx, fmt.Sprintf("%s%d", k, i%16), "x")
+						if err == nil {
+							break
+						}
+						if ctx.Err() != nil {
+							errs <- err
+							return
+						}
+						time.Sleep(50 * time.Millisecond)
 					}
 				}
 			}

@@ -100,11 +100,11 @@ func (c *Client) stepKubernetes(ctx context.Context) {
 		c.seen[i] = out.Values[i]
 		h.add(c.ID, Input{Kind: OpGet, I: i}, call, out, h.now())
 	case r < 35:
-		kvs, rev, err := listResource(ctx, c.KV, false)
+		kvs, _, err := listResource(ctx, c.KV, false)
 		if err != nil {
 			return
 		}
-		out := Output{Rev: rev}
+		var out Output
 		c.seenRev = [NumKeys]int64{}
 		for _, kv := range kvs {
 			n := keyIndex[string(kv.Key)]

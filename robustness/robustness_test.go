@@ -161,3 +161,66 @@ func TestCheckWatchers(t *testing.T) {
 		require.NotEmpty(t, CheckWatchers([]*Watcher{good, w}, []Output{acked}, []Input{put}), name)
 	}
 }
+
+// TestCheckStaleReads checks the stale-read checker: a read matching the
+// history at its revision passes; an invented or torn one does not.
+func TestCheckStaleReads(t *testing.T) {
+	h := eventHistory{{Key: "a/0", Value: "v1", Rev: 5}, {Key: "h/0", Value: "x", Rev: 7}, {Key: "a/0", Rev: 9, Delete: true}}
+	read := func(rev int64, vals map[string]string) StaleRead {
+		return StaleRead{Rev: rev, Keys: []string{"a/0", "h/0"}, Values: vals}
+	}
+	good := []StaleRead{read(4, map[string]string{}), read(5, map[string]string{"a/0": "v1"}),
+		read(8, map[string]string{"a/0": "v1", "h/0": "x"}), read(9, map[string]string{"h/0": "x"}), read(12, nil)}
+	problems, checked := CheckStaleReads(h, good)
+	require.Empty(t, problems)
+	require.Equal(t, 4, checked, "a read above the history is not checked")
+	for name, r := range map[string]StaleRead{
+		"invented": read(4, map[string]string{"a/0": "v0"}),
+		"torn":     read(7, map[string]string{"h/0": "x"}),
+		"deleted":  read(9, map[string]string{"a/0": "v1", "h/0": "x"}),
+	} {
+		problems, _ := CheckStaleReads(h, []StaleRead{r})
+		require.NotEmpty(t, problems, name)
+	}
+}
+
+// TestCheckInformers checks the informer checker on lists and watches
+// that break each guarantee.
+func TestCheckInformers(t *testing.T) {
+	h := eventHistory{{Key: "a/0", Value: "v1", Rev: 5}, {Key: "0/acct0", Value: "100", Rev: 6},
+		{Key: "h/0", Value: "x", Rev: 7}, {Key: "p/0", Value: "y", Rev: 7}, {Key: "a/0", Rev: 9, Delete: true}}
+	ev := func(i int) Event { return h[i] }
+	good := &InformerEpoch{ListRev: 5, List: map[string]string{"a/0": "v1"},
+		Responses: [][]Event{{ev(2), ev(3)}, {ev(4)}}, Bookmarks: []Bookmark{{After: 1, Rev: 8}}}
+	require.Empty(t, CheckInformers(h, []*Informer{{Name: "good", Epochs: []*InformerEpoch{good}}}))
+
+	bad := map[string]*InformerEpoch{
+		"wrong list":         {ListRev: 5, List: map[string]string{}, Responses: good.Responses},
+		"list outside":       {ListRev: 6, List: map[string]string{"a/0": "v1", "0/acct0": "100"}, Responses: good.Responses},
+		"event before list":  {ListRev: 5, List: good.List, Responses: [][]Event{{ev(0)}, {ev(2), ev(3)}, {ev(4)}}},
+		"torn revision":      {ListRev: 5, List: good.List, Responses: [][]Event{{ev(2)}, {ev(3)}, {ev(4)}}},
+		"missed event":       {ListRev: 5, List: good.List, Responses: [][]Event{{ev(2)}, {ev(4)}}},
+		"stalled":            {ListRev: 5, List: good.List, Responses: [][]Event{{ev(2), ev(3)}}},
+		"event after mark":   {ListRev: 5, List: good.List, Responses: good.Responses, Bookmarks: []Bookmark{{After: 1, Rev: 9}}},
+		"unordered delivery": {ListRev: 5, List: good.List, Responses: [][]Event{{ev(4)}, {ev(2), ev(3)}}},
+	}
+	for name, ep := range bad {
+		require.NotEmpty(t, CheckInformers(h, []*Informer{{Name: name, Epochs: []*InformerEpoch{ep}}}), name)
+	}
+}
+
+// TestModelConditionalDelete checks the Kubernetes profile's delete, a CAS
+// writing "": it applies only if the compare holds.
+func TestModelConditionalDelete(t *testing.T) {
+	put := porcupine.Operation{ClientId: 0, Input: Input{Kind: OpPut, I: 1, Value: [2]string{"v"}}, Output: Output{}, Call: 0, Return: 10}
+	del := porcupine.Operation{ClientId: 0, Input: Input{Kind: OpCAS, I: 1, Expect: [2]string{"v"}},
+		Output: Output{Succeeded: true}, Call: 20, Return: 30}
+	gone := porcupine.Operation{ClientId: 1, Input: Input{Kind: OpGet, I: 1}, Output: Output{}, Call: 40, Return: 50}
+	require.Equal(t, porcupine.Ok, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{put, del, gone}, time.Second))
+	still := gone
+	still.Output = Output{Values: State{1: "v"}}
+	require.Equal(t, porcupine.Illegal, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{put, del, still}, time.Second))
+	stale := del
+	stale.Input = Input{Kind: OpCAS, I: 1, Expect: [2]string{"other"}}
+	require.Equal(t, porcupine.Illegal, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{put, stale, gone}, time.Second))
+}

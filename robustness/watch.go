@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -30,16 +31,19 @@ type Event struct {
 }
 
 // Watch runs until ctx ends, recording every response of a watch over
-// every key from revision from. A watch that ends with an error is
-// resumed from the revision after the last one delivered (Resumes counts
-// them); a compaction error ends the watcher.
+// every key from revision from. Every 2 s, and whenever it ends with an
+// error, the watch is cancelled and resumed from the revision after the
+// last one delivered (Resumes counts them), possibly through another
+// node; a compaction error ends the watcher.
 func (w *Watcher) Watch(ctx context.Context, kv *clientv3.Client, from int64) {
 	next := from
 	for ctx.Err() == nil {
-		for resp := range kv.Watch(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(next)) {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		for resp := range kv.Watch(sctx, "", clientv3.WithFromKey(), clientv3.WithRev(next)) {
 			if err := resp.Err(); err != nil {
 				if resp.CompactRevision != 0 {
 					w.Err = err
+					cancel()
 					return
 				}
 				break
@@ -54,6 +58,7 @@ func (w *Watcher) Watch(ctx context.Context, kv *clientv3.Client, from int64) {
 				w.Responses = append(w.Responses, evs)
 			}
 		}
+		cancel()
 		if ctx.Err() == nil {
 			w.Resumes++
 		}
@@ -125,8 +130,9 @@ func CheckWatchers(ws []*Watcher, ops []Output, inputs []Input) []string {
 	// Live: every watcher delivered up to the last acknowledged write (the
 	// run lets watches catch up before it stops them).
 	var lastAck int64
-	for _, out := range ops {
-		if !out.Unknown && out.Rev > lastAck {
+	for n, out := range ops {
+		write := inputs[n].Kind == OpPut || (inputs[n].Kind == OpCAS || inputs[n].Kind == OpCAS2) && out.Succeeded
+		if write && !out.Unknown && out.Rev > lastAck {
 			lastAck = out.Rev
 		}
 	}
