@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"net"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -154,4 +157,139 @@ func TestWorkloadsCountEveryRequest(t *testing.T) {
 	var back Report
 	require.NoError(t, json.Unmarshal(js.Bytes(), &back))
 	require.Equal(t, rep.Ops, back.Ops)
+}
+
+// TestReadAndTenantWorkloadsCount runs range (one key, linearizable and
+// serializable), paged lists and the tenants profile briefly against a
+// real node and checks every request is accounted for.
+func TestReadAndTenantWorkloadsCount(t *testing.T) {
+	ep := startNode(t)
+	ctx := context.Background()
+	base := Config{Endpoints: []string{ep}, Clients: 4, Conns: 2, Total: 150, KeySpace: 40, ValueSize: 16, Prefix: "r/"}
+
+	for _, ser := range []bool{false, true} {
+		rep, err := RunRange(ctx, base, RangeOptions{Serializable: ser})
+		require.NoError(t, err)
+		require.Equal(t, "range", rep.Ops[0].Op)
+		require.Equal(t, int64(150), rep.Ops[0].Requests)
+		require.Zero(t, rep.Ops[0].Errors)
+	}
+	rep, err := RunRange(ctx, base, RangeOptions{Limit: 7, NoPopulate: true})
+	require.NoError(t, err)
+	require.Equal(t, "list", rep.Ops[0].Op)
+	require.Equal(t, int64(150), rep.Ops[0].Requests)
+	require.Zero(t, rep.Ops[0].Errors)
+	cli, err := dial(base.Defaults())
+	require.NoError(t, err)
+	keys, pages, err := ListPaged(ctx, cli[0], "r/", "r0", 7)
+	closeAll(cli)
+	require.NoError(t, err)
+	require.Equal(t, 40, keys, "the populated key space")
+	require.Equal(t, 6, pages, "40 keys in pages of 7")
+
+	_, err = RunRange(ctx, base, RangeOptions{Limit: -1})
+	require.Error(t, err)
+
+	tc := Config{Endpoints: []string{ep}, Clients: 4, Conns: 2, Total: 400, ValueSize: 16}
+	rep, err = RunTenants(ctx, tc, TenantsOptions{Tenants: 4, Objects: 10, PageSize: 3})
+	require.NoError(t, err)
+	var requests, writes int64
+	for _, o := range rep.Ops {
+		require.Zero(t, o.Errors, "%s: %v", o.Op, o.ErrorsBy)
+		if o.Op == "watch" {
+			continue
+		}
+		requests += o.Requests
+		if o.Op == "create" || o.Op == "update" || o.Op == "delete" {
+			writes += o.Requests
+		}
+	}
+	require.Equal(t, int64(400), requests, "every request counted once")
+	require.Equal(t, "watch", rep.Ops[len(rep.Ops)-1].Op)
+	require.Positive(t, rep.Ops[len(rep.Ops)-1].Requests, "the watches delivered events")
+	require.LessOrEqual(t, rep.Ops[len(rep.Ops)-1].Requests, writes, "at most one delivery per write")
+
+	_, err = RunTenants(ctx, tc, TenantsOptions{Mix: [5]int{50, 50, 50}})
+	require.ErrorContains(t, err, "sums to 150")
+}
+
+func TestMixPickAndMedian(t *testing.T) {
+	mix := [5]int{10, 50, 10, 20, 10}
+	counts := [5]int{}
+	for r := range 100 {
+		counts[pick(mix, r)]++
+	}
+	require.Equal(t, mix, counts)
+	require.Equal(t, 4, pick([5]int{0, 0, 0, 0, 100}, 0))
+	require.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	require.Equal(t, 2.5, median([]float64{4, 1, 3, 2}))
+	require.Zero(t, median(nil))
+	require.InDelta(t, 2, nines(99), 1e-9)
+	ticks := ninesTicks{}.Ticks(0, 3)
+	require.Equal(t, []string{"0%", "90%", "99%", "99.9%"}, []string{ticks[0].Label, ticks[1].Label, ticks[2].Label, ticks[3].Label})
+}
+
+// TestCompareRows checks the comparison's maths: medians over rounds per
+// system, and rangekv's ratio to etcd.
+func TestCompareRows(t *testing.T) {
+	run := func(system string, round int, thr, p99, cpu float64) CompareRun {
+		return CompareRun{System: system, Round: round, Report: &Report{
+			Ops:    []OpReport{{Op: "put", Requests: 10, Throughput: thr, P99Ms: p99}},
+			Server: &ServerCPU{SecondsPerOp: cpu}}}
+	}
+	rows := compareRows([]CompareRun{
+		run(SystemEtcd, 1, 1000, 10, 400e-6), run(SystemRangekv, 1, 1500, 8, 200e-6),
+		run(SystemRangekv, 2, 1700, 9, 300e-6), run(SystemEtcd, 2, 1200, 12, 600e-6),
+		run(SystemEtcd, 3, 1100, 11, 500e-6), run(SystemRangekv, 3, 1600, 20, 250e-6),
+	})
+	byMetric := map[string]CompareRow{}
+	for _, r := range rows {
+		byMetric[r.Op+" "+r.Metric] = r
+	}
+	thr := byMetric["put throughput /s"]
+	require.Equal(t, 1100.0, thr.Etcd)
+	require.Equal(t, 1600.0, thr.Rangekv)
+	require.InDelta(t, 1600.0/1100, thr.Ratio, 1e-9)
+	require.InDelta(t, 9.0/11, byMetric["put p99 ms"].Ratio, 1e-9)
+	require.InDelta(t, 0.5, byMetric["all server CPU µs/op"].Ratio, 1e-9)
+	var table bytes.Buffer
+	require.NoError(t, (&CompareReport{Workload: "put", Nodes: 3, Runs: nil, Rows: rows}).WriteTable(&table))
+	require.Contains(t, table.String(), "RANGEKV/ETCD")
+	require.Contains(t, table.String(), "1.45")
+}
+
+// TestCompareRunsBothClusters runs a comparison end to end with the
+// rangekv binary on both sides (building etcd is too slow for go test):
+// two rounds of one-node clusters, every run counted, the plots written.
+func TestCompareRunsBothClusters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the rangekv binary")
+	}
+	bin := filepath.Join(t.TempDir(), "rangekv")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/rangekv")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var log bytes.Buffer
+	rep, err := Compare(context.Background(), CompareConfig{
+		Workload: "put", Run: RunPut, Config: Config{Clients: 2, Total: 50, ValueSize: 16},
+		Nodes: 1, Etcd: bin, Rangekv: bin, Dir: t.TempDir(), Rounds: 2, Log: &log,
+	})
+	require.NoError(t, err, log.String())
+	require.Len(t, rep.Runs, 4)
+	require.Equal(t, []string{SystemEtcd, SystemRangekv, SystemRangekv, SystemEtcd},
+		[]string{rep.Runs[0].System, rep.Runs[1].System, rep.Runs[2].System, rep.Runs[3].System}, "alternating order")
+	for _, r := range rep.Runs {
+		require.Equal(t, int64(50), r.Report.Ops[0].Requests)
+		require.Zero(t, r.Report.Ops[0].Errors)
+	}
+	require.NotEmpty(t, rep.Rows)
+	dir := t.TempDir()
+	files, err := WritePlots(rep, dir)
+	require.NoError(t, err)
+	require.Len(t, files, 2, "a latency distribution and a throughput chart")
+	for _, f := range files {
+		st, err := os.Stat(f)
+		require.NoError(t, err)
+		require.Positive(t, st.Size())
+	}
 }

@@ -32,9 +32,12 @@ const (
 // goroutines. The zero value is not usable; see NewRecorder.
 type Recorder struct {
 	mu     sync.Mutex
+	start  time.Time
 	hist   *hdrhistogram.Histogram
 	ok     int64
 	errors map[string]int64
+	// perSecond counts successes in each second since start.
+	perSecond []int64
 	// clamped counts latencies outside the histogram's range, recorded
 	// at its bounds.
 	clamped int64
@@ -42,7 +45,7 @@ type Recorder struct {
 
 // NewRecorder returns an empty recorder.
 func NewRecorder() *Recorder {
-	return &Recorder{hist: hdrhistogram.New(histMinMicros, histMaxMicros, histSigFigs), errors: map[string]int64{}}
+	return &Recorder{start: time.Now(), hist: hdrhistogram.New(histMinMicros, histMaxMicros, histSigFigs), errors: map[string]int64{}}
 }
 
 // Observe records one request: its latency when err is nil, else its
@@ -55,6 +58,11 @@ func (r *Recorder) Observe(latency time.Duration, err error) {
 		return
 	}
 	r.ok++
+	sec := int(time.Since(r.start) / time.Second)
+	for len(r.perSecond) <= sec {
+		r.perSecond = append(r.perSecond, 0)
+	}
+	r.perSecond[sec]++
 	us := latency.Microseconds()
 	if us < histMinMicros || us > histMaxMicros {
 		r.clamped++
@@ -90,7 +98,22 @@ type OpReport struct {
 	MaxMs      float64          `json:"max_ms"`
 	// Clamped counts latencies outside 1 µs..60 s, recorded at the bound.
 	Clamped int64 `json:"clamped,omitempty"`
+	// Distribution is the latency at DistributionQuantiles, for plots.
+	Distribution []Quantile `json:"distribution,omitempty"`
+	// PerSecond counts the successes completed in each second of the run.
+	PerSecond []int64 `json:"per_second,omitempty"`
 }
+
+// Quantile is the latency (ms) at or below which Percent of requests
+// completed.
+type Quantile struct {
+	Percent float64 `json:"percent"`
+	Ms      float64 `json:"ms"`
+}
+
+// DistributionQuantiles are the percentiles an OpReport's Distribution
+// gives: a latency-distribution curve in HdrHistogram's manner.
+var DistributionQuantiles = []float64{0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100}
 
 // Summarize reports the recorder's contents for a run of the given
 // length: throughput counts successful requests per second.
@@ -116,7 +139,11 @@ func (r *Recorder) Summarize(op string, elapsed time.Duration) OpReport {
 		rep.P99Ms = ms(r.hist.ValueAtQuantile(99))
 		rep.P999Ms = ms(r.hist.ValueAtQuantile(99.9))
 		rep.MaxMs = ms(r.hist.Max())
+		for _, q := range DistributionQuantiles {
+			rep.Distribution = append(rep.Distribution, Quantile{Percent: q, Ms: ms(r.hist.ValueAtQuantile(q))})
+		}
 	}
+	rep.PerSecond = slices.Clone(r.perSecond)
 	return rep
 }
 

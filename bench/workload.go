@@ -305,7 +305,7 @@ func runLoad(ctx context.Context, c Config, name string,
 
 // errNotDelivered is the error a watch-latency run records for an
 // acknowledged put whose event no watcher delivered in time.
-var errNotDelivered = errors.New("acknowledged put not delivered to the watcher")
+var errNotDelivered = errors.New("acknowledged write not delivered to the watcher")
 
 // RunWatchLatency measures, for every acknowledged put under Prefix, the
 // time from the put's acknowledgement to the delivery of its event to

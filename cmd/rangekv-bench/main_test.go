@@ -23,6 +23,14 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"put", "--endpoints", ""}, "--endpoints is empty"},
 		{[]string{"put", "extra"}, `unknown command "extra" for "rangekv-bench put"`},
 		{[]string{"watch-latency", "--duration", "nope"}, `invalid argument "nope" for "--duration" flag`},
+		{[]string{"range", "--consistency", "x"}, `--consistency must be "l" (linearizable) or "s" (serializable), got "x"`},
+		{[]string{"range", "--limit", "-2"}, "--limit cannot be negative, got -2"},
+		{[]string{"tenants", "--mix", "50,50"}, "--mix needs 5 percentages (create,update,delete,get,list), got 2"},
+		{[]string{"compare", "put", "--nodes", "0"}, "--nodes must be at least 1, got 0"},
+		{[]string{"compare", "put", "--rounds", "0"}, "--rounds must be at least 1, got 0"},
+		{[]string{"compare", "tenants", "--endpoints", "127.0.0.1:1"}, "--endpoints does not apply to compare"},
+		{[]string{"compare", "put", "--clients", "0"}, "--clients must be at least 1, got 0"},
+		{[]string{"compare", "nosuch"}, `unknown command "nosuch" for "rangekv-bench compare"`},
 	} {
 		var out, errOut bytes.Buffer
 		cmd := newRootCommand(&out, &errOut)
