@@ -11,9 +11,17 @@ import (
 
 // benchApply applies one command per iteration, at random keys of a
 // 100,000-key range on disk, as the raft apply loop does (one indexed
-// batch per pass, committed without sync).
+// batch per pass, committed without sync), as a sub-benchmark reading the
+// replaced versions from the engine ("engine") and one with the apply
+// path's NewestCache ("newest-cache").
 func benchApply(b *testing.B, fn func(w *WriteBatch, key []byte) error) {
+	b.Run("engine", func(b *testing.B) { benchApplyWith(b, nil, fn) })
+	b.Run("newest-cache", func(b *testing.B) { benchApplyWith(b, NewNewestCache(64<<20), fn) })
+}
+
+func benchApplyWith(b *testing.B, cache *NewestCache, fn func(w *WriteBatch, key []byte) error) {
 	s := newTestStore(b)
+	s.newest = cache
 	const keys = 100_000
 	val := make([]byte, 256)
 	rev := int64(0)
@@ -36,7 +44,7 @@ func benchApply(b *testing.B, fn func(w *WriteBatch, key []byte) error) {
 	for range b.N {
 		rev++
 		batch := s.db.NewIndexedBatch()
-		w := &WriteBatch{Batch: batch, Rev: rev, Keyspace: s.ks, Span: s.span}
+		w := &WriteBatch{Batch: batch, Rev: rev, Keyspace: s.ks, Span: s.span, Newest: cache}
 		if err := fn(w, []byte(fmt.Sprintf("k%06d", rng.IntN(keys)))); err != nil {
 			b.Fatal(err)
 		}

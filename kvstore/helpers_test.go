@@ -22,6 +22,9 @@ type testStore struct {
 	compactRev int64
 	stats      Stats
 	events     []*mvccpb.Event
+	// newest, when set, is the WriteBatches' NewestCache, as in the apply
+	// path.
+	newest *NewestCache
 }
 
 func newTestStore(t testing.TB) *testStore {
@@ -37,7 +40,7 @@ func (s *testStore) apply(rev int64, fn func(w *WriteBatch) error) (*WriteBatch,
 	s.t.Helper()
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	w := &WriteBatch{Batch: b, Rev: rev, Keyspace: s.ks, Span: s.span, CompactRev: s.compactRev}
+	w := &WriteBatch{Batch: b, Rev: rev, Keyspace: s.ks, Span: s.span, CompactRev: s.compactRev, Newest: s.newest}
 	if err := fn(w); err != nil {
 		return w, err
 	}

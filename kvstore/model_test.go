@@ -76,8 +76,15 @@ func (m *model) del(key, end []byte) {
 var debugModel = false
 
 func TestRandomOpsAgainstModel(t *testing.T) {
+	t.Run("engine", func(t *testing.T) { randomOpsAgainstModel(t, nil) })
+	// A cache small enough to drop its generations every few writes.
+	t.Run("newest-cache", func(t *testing.T) { randomOpsAgainstModel(t, NewNewestCache(1500)) })
+}
+
+func randomOpsAgainstModel(t *testing.T, cache *NewestCache) {
 	rnd := rand.New(rand.NewSource(1))
 	s := newTestStore(t)
+	s.newest = cache
 	m := &model{cur: map[string]*mvccpb.KeyValue{}}
 	keys := []string{"a", "ab", "b", "c", "d", "e"}
 	rk := func() string { return keys[rnd.Intn(len(keys))] }

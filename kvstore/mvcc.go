@@ -49,7 +49,10 @@ type WriteBatch struct {
 	// with 0 != revision < CompactRev fails with ErrGRPCCompacted, as etcd.
 	// Zero means never compacted.
 	CompactRev int64
-	sub        int64 // next sub-revision (operation order within Rev)
+	// Newest, when set, caches the newest versions the batch replaces
+	// (the apply path's NewestCache); nil reads them from Batch.
+	Newest *NewestCache
+	sub    int64 // next sub-revision (operation order within Rev)
 }
 
 // ErrKeyOutsideSpan is returned by ApplyPut, ApplyDeleteRange and ApplyTxn

@@ -14,9 +14,18 @@ import (
 // (tombstones included, nil if none) and its stored size. A version above
 // w.Rev violates the WriteBatch contract and is an error.
 func (w *WriteBatch) newest(spanKey []byte) (*Version, int64, error) {
-	v, size, err := getNewest(w.Batch, spanKey, 0)
-	if err != nil {
-		return nil, 0, err
+	v, size, ok := (*Version)(nil), int64(0), false
+	if w.Newest != nil {
+		v, size, ok = w.Newest.get(spanKey)
+	}
+	if !ok {
+		var err error
+		if v, size, err = getNewest(w.Batch, spanKey, 0); err != nil {
+			return nil, 0, err
+		}
+		if v != nil && w.Newest != nil {
+			w.Newest.set(spanKey, v, size)
+		}
 	}
 	if v != nil && v.ModRevision > w.Rev {
 		return nil, 0, fmt.Errorf("kvstore: write of %q at revision %d below its stored revision %d",
@@ -39,6 +48,9 @@ func (w *WriteBatch) writeVersion(spanKey []byte, prev *Version, prevSize int64,
 	}
 	w.sub++
 	size := int64(len(ek) + len(val))
+	if w.Newest != nil {
+		w.Newest.set(spanKey, v, size)
+	}
 	if prev != nil {
 		if prev.ModRevision == w.Rev {
 			w.Delta.Versions--

@@ -74,6 +74,9 @@ type Store struct {
 	log       *zap.Logger
 	metrics   *metrics
 	transport *Transport
+	// newest caches the versions the apply path replaces
+	// (kvstore.NewestCache); only the scheduler's apply uses it.
+	newest *kvstore.NewestCache
 
 	mu       sync.RWMutex
 	replicas map[uint64]*Replica
@@ -113,6 +116,9 @@ type Store struct {
 	fatal chan error
 }
 
+// newestCacheBytes bounds the apply path's NewestCache.
+const newestCacheBytes = 64 << 20
+
 // NewStore loads every replica found in the engine. Call Start to run it.
 func NewStore(cfg StoreConfig) (*Store, error) {
 	if cfg.FeedEvents == 0 {
@@ -124,6 +130,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 		log:      cfg.Logger,
 		metrics:  newMetrics(cfg.Registerer),
 		replicas: map[uint64]*Replica{},
+		newest:   kvstore.NewNewestCache(newestCacheBytes),
 		work:     map[uint64]struct{}{},
 		workCh:   make(chan struct{}, 1),
 		stopc:    make(chan struct{}),
@@ -613,6 +620,9 @@ func (s *Store) processReady() error {
 		r := it.r
 		r.mu.Lock()
 		if it.snap != nil {
+			// The snapshot replaced the range's keys: versions cached
+			// before it may be gone or stale.
+			s.newest.Clear()
 			r.st.truncated = &txnproto.TruncatedState{Index: it.snap.index, Term: it.rd.Snapshot.GetMetadata().GetTerm()}
 			r.st.applied = it.snap.applied
 			r.st.confState = proto.Clone(it.rd.Snapshot.GetMetadata().GetConfState()).(*raftpb.ConfState)
