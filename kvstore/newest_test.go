@@ -11,7 +11,9 @@ import (
 // come back on a hit, and are gone after two rotations; Clear forgets all.
 func TestNewestCacheGenerations(t *testing.T) {
 	c := NewNewestCache(2 * (3*(newestEntryOverhead+2) - 1)) // rotates on the third 2-byte entry
-	v := func(val string) *Version { return &Version{CreateRevision: 1, ModRevision: 2, Version: 1, Value: []byte(val)} }
+	v := func(val string) *Version {
+		return &Version{CreateRevision: 1, ModRevision: 2, Version: 1, Value: []byte(val)}
+	}
 	c.set([]byte("k1"), v(""), 10)
 	c.set([]byte("k2"), v(""), 20)
 	got, size, ok := c.get([]byte("k1"))
