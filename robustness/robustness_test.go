@@ -4,8 +4,10 @@ package robustness
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +30,7 @@ var (
 	clients = flag.Int("robustness.clients", 6, "concurrent clients")
 	seed    = flag.Uint64("robustness.seed", 0, "seed of the schedule (0: from the clock); printed by every run")
 	kinds   = flag.String("robustness.faults", "", "comma-separated fault kinds to pick from (default: all)")
+	recheck = flag.String("robustness.recheck", "", "a report folder: check its history again (TestRecheckReport)")
 	profile = flag.String("robustness.profiles", strings.Join(Profiles, ","), "comma-separated traffic profiles, one run each")
 )
 
@@ -223,4 +226,71 @@ func TestModelConditionalDelete(t *testing.T) {
 	stale := del
 	stale.Input = Input{Kind: OpCAS, I: 1, Expect: [2]string{"other"}}
 	require.Equal(t, porcupine.Illegal, porcupine.CheckOperationsTimeout(Model, []porcupine.Operation{put, stale, gone}, time.Second))
+}
+
+// TestRecheckReport checks a failed run's history again from its report
+// folder (-robustness.recheck DIR): the unanswered writes settled by the
+// first watcher's events, then porcupine with a 10-minute budget.
+func TestRecheckReport(t *testing.T) {
+	if *recheck == "" {
+		t.Skip("-robustness.recheck names no report folder")
+	}
+	var hist struct {
+		Operations []struct {
+			Client       int
+			Call, Return int64
+			Input        Input
+			Output       Output
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(*recheck, "history.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &hist))
+	var w Watcher
+	data, err = os.ReadFile(filepath.Join(*recheck, "watcher-1.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &w))
+	ops := make([]porcupine.Operation, 0, len(hist.Operations))
+	for _, o := range hist.Operations {
+		ops = append(ops, porcupine.Operation{ClientId: o.Client, Call: o.Call, Return: o.Return, Input: o.Input, Output: o.Output})
+	}
+	ops, resolved, dropped, problems := ResolveUnknown(ops, reference([]*Watcher{&w}))
+	t.Logf("%d operations; unanswered writes: %d took effect, %d did not", len(ops), resolved, dropped)
+	require.Empty(t, problems)
+	start := time.Now()
+	res := porcupine.CheckOperationsTimeout(Model, ops, 10*time.Minute)
+	t.Logf("porcupine: %s in %v", res, time.Since(start).Round(time.Millisecond))
+	require.Equal(t, porcupine.Ok, res)
+}
+
+// TestResolveUnknown checks how unanswered writes are settled by the
+// watch history: found, absent, torn, and deletes left unknown.
+func TestResolveUnknown(t *testing.T) {
+	h := eventHistory{{Key: "a/0", Value: "p1", Rev: 5}, {Key: "h/0", Value: "x", Rev: 7}, {Key: "p/0", Value: "y", Rev: 7},
+		{Key: "w/0", Value: "z", Rev: 9}}
+	unknown := Output{Unknown: true}
+	op := func(in Input) porcupine.Operation {
+		return porcupine.Operation{Input: in, Output: unknown, Call: 1, Return: math.MaxInt64}
+	}
+	ops := []porcupine.Operation{
+		op(Input{Kind: OpPut, I: 0, Value: [2]string{"p1"}}),                      // took effect at 5
+		op(Input{Kind: OpCAS2, I: 2, J: 4, Value: [2]string{"x", "y"}}),           // at 7
+		op(Input{Kind: OpCAS, I: 1, Value: [2]string{"never"}}),                   // did not
+		op(Input{Kind: OpDelete, I: 3}),                                           // stays unknown
+		op(Input{Kind: OpCAS, I: 3, Expect: [2]string{"v"}}),                      // a conditional delete: stays
+		{Input: Input{Kind: OpGet, I: 0}, Output: Output{Values: State{0: "p1"}}}, // answered: kept as is
+	}
+	out, resolved, dropped, problems := ResolveUnknown(ops, h)
+	require.Empty(t, problems)
+	require.Equal(t, 2, resolved)
+	require.Equal(t, 1, dropped)
+	require.Len(t, out, 5)
+	require.Equal(t, Output{Succeeded: true, Rev: 5}, out[0].Output)
+	require.Equal(t, Output{Succeeded: true, Rev: 7}, out[1].Output)
+	require.True(t, out[2].Output.(Output).Unknown, "the delete")
+	require.True(t, out[3].Output.(Output).Unknown, "the conditional delete")
+
+	torn := op(Input{Kind: OpCAS2, I: 6, J: 0, Value: [2]string{"z", "missing"}})
+	_, _, _, problems = ResolveUnknown([]porcupine.Operation{torn}, h)
+	require.Len(t, problems, 1)
 }

@@ -62,6 +62,9 @@ type Result struct {
 	// found in their lists, watches and bookmarks.
 	Informers        []*Informer
 	InformerProblems []string
+	// Resolved and Dropped count the unanswered writes ResolveUnknown
+	// found in the watch history and found absent from it.
+	Resolved, Dropped int
 	// FinalReadErrors counts nodes the final read could not go through.
 	FinalReadErrors int
 	// Report is the folder the run's evidence was written to when a
@@ -287,7 +290,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Report = writeReport(cfg, c, res, nil)
 		return res, faultErr
 	}
-	check, info := porcupine.CheckOperationsVerbose(Model, res.Operations, cfg.CheckTimeout)
+	ops := res.Operations
+	if len(res.WatchProblems) == 0 {
+		var problems []string
+		ops, res.Resolved, res.Dropped, problems = ResolveUnknown(ops, ref)
+		res.WatchProblems = append(res.WatchProblems, problems...)
+		logf("unanswered writes settled by the watch history: %d took effect, %d did not", res.Resolved, res.Dropped)
+	}
+	check, info := porcupine.CheckOperationsVerbose(Model, ops, cfg.CheckTimeout)
 	res.Check = check
 	if !res.Passed() {
 		res.Report = writeReport(cfg, c, res, &info)
