@@ -190,7 +190,9 @@ func (r *CompareReport) WriteTable(w io.Writer) error {
 	for _, run := range r.Runs {
 		var thr float64
 		for _, o := range run.Report.Ops {
-			thr += o.Throughput
+			if o.Op != "watch" { // deliveries, not requests
+				thr += o.Throughput
+			}
 		}
 		fmt.Fprintf(w, "round %d %-8s %8.0f ops/s over %v\n", run.Round, run.System, thr, run.Report.Elapsed.Round(time.Millisecond))
 	}

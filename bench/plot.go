@@ -88,6 +88,9 @@ func WritePlots(r *CompareReport, dir string) ([]string, error) {
 				per[i] += n
 			}
 		}
+		if len(per) > 1 {
+			per = per[:len(per)-1] // the last second is partial
+		}
 		var xys plotter.XYs
 		for i, n := range per {
 			xys = append(xys, plotter.XY{X: float64(i), Y: float64(n)})
