@@ -87,6 +87,11 @@ type watcher struct {
 	// them by then (runMulti). Only the running goroutine touches them.
 	behindSince time.Time
 	fallback    *time.Timer
+	// stalledSince is when the watcher last delivered with events
+	// waiting behind a range (reset on delivery), and stallLogged whether
+	// that stall was logged (runMulti).
+	stalledSince time.Time
+	stallLogged  bool
 	// spanCache holds the ranges a multi-range watcher's keys lay in,
 	// with their marks, as of the store's span version (SpanVersion):
 	// unchanged while no range splits. Only the running goroutine

@@ -97,6 +97,7 @@ func (w *watcher) runMulti() {
 				if w.behindSince.IsZero() {
 					w.behindSince = now
 				}
+				w.noteStall(rs, next, now)
 				wait := w.ws.n.closeFallback() - now.Sub(w.behindSince)
 				if wait <= 0 {
 					w.behindSince = time.Time{}
@@ -129,7 +130,7 @@ func (w *watcher) runMulti() {
 		if w.ws.n.store.SpanVersion() != version && !slices.Equal(marks, markRanges(rs)) {
 			continue // a range split under the pull: take it again
 		}
-		w.behindSince = time.Time{}
+		w.behindSince, w.stalledSince, w.stallLogged = time.Time{}, time.Time{}, false
 		if !w.deliver(evs, upTo) {
 			return
 		}
@@ -327,4 +328,35 @@ func (w *watcher) closeBehind(rs []*rangeraft.Replica, rev int64) bool {
 func (w *watcher) cancelWith(reason string) {
 	w.ws.remove(w.id)
 	w.ws.send(&pb.WatchResponse{Header: w.ws.header(0), WatchId: w.id, Canceled: true, CancelReason: reason})
+}
+
+// watchStallWarning is how long a multi-range watcher may hold events
+// back behind a range before it logs which ranges hold it.
+const watchStallWarning = 5 * time.Second
+
+// noteStall logs, once per stall, the ranges that have kept the watcher's
+// events back for watchStallWarning: each one's readable revision, its
+// feed's last revision, and its unresolved intents and records.
+func (w *watcher) noteStall(rs []*rangeraft.Replica, next int64, now time.Time) {
+	if w.stalledSince.IsZero() {
+		w.stalledSince = now
+	}
+	if w.stallLogged || now.Sub(w.stalledSince) < watchStallWarning {
+		return
+	}
+	w.stallLogged = true
+	for _, r := range rs {
+		readable := r.ReadableRevision()
+		if readable >= next {
+			continue
+		}
+		intents, records := r.TxnCounts()
+		st := r.Status()
+		w.ws.n.log.Warn("watch held back behind a range",
+			zap.Int64("watch-id", w.id), zap.Duration("for", now.Sub(w.stalledSince)),
+			zap.Uint64("range-id", r.RangeID), zap.Int64("next-revision", next),
+			zap.Int64("readable-revision", readable), zap.Int64("feed-last", r.Feed().Last()),
+			zap.Int("intents", intents), zap.Int("records", records),
+			zap.Bool("leader", st.IsLeader), zap.Uint64("leader-node", st.LeaderNode))
+	}
 }

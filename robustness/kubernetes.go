@@ -6,6 +6,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -209,6 +210,7 @@ func (s *StaleReads) add(rev int64, keys []string, kvs []*mvccpb.KeyValue) {
 type Informer struct {
 	Name   string
 	Epochs []*InformerEpoch
+	last   atomic.Int64 // revision of the last event delivered
 }
 
 // InformerEpoch is one list and the watch that followed it.
@@ -246,13 +248,14 @@ func (inf *Informer) Run(ctx context.Context, kv *clientv3.Client) {
 			ep.List[string(kv.Key)] = string(kv.Value)
 		}
 		inf.Epochs = append(inf.Epochs, ep)
-		ep.watch(ctx, kv)
+		inf.last.Store(rev)
+		ep.watch(ctx, kv, &inf.last)
 	}
 }
 
 // watch follows the resource from the epoch's list until ctx ends or the
 // watch is compacted.
-func (ep *InformerEpoch) watch(ctx context.Context, kv *clientv3.Client) {
+func (ep *InformerEpoch) watch(ctx context.Context, kv *clientv3.Client, last *atomic.Int64) {
 	next := ep.ListRev + 1
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -285,6 +288,7 @@ func (ep *InformerEpoch) watch(ctx context.Context, kv *clientv3.Client) {
 				}
 				if len(evs) > 0 {
 					ep.Responses = append(ep.Responses, evs)
+					last.Store(evs[len(evs)-1].Rev)
 				}
 			}
 		}

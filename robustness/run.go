@@ -65,6 +65,9 @@ type Result struct {
 	// Resolved and Dropped count the unanswered writes ResolveUnknown
 	// found in the watch history and found absent from it.
 	Resolved, Dropped int
+	// CatchUp is how long the watchers and informers took, after the
+	// final reads, to deliver the last acknowledged write.
+	CatchUp time.Duration
 	// FinalReadErrors counts nodes the final read could not go through.
 	FinalReadErrors int
 	// Report is the folder the run's evidence was written to when a
@@ -251,8 +254,29 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Counts = h.Counts()
 	res.Bank = bank
 	logf("bank: %d transfers, %d audits, %d unanswered transfers", bank.Transfers, bank.Audits, bank.Unanswered)
-	// Let the watchers catch up with the last writes, then stop them.
-	time.Sleep(2 * time.Second)
+	// Wait until every watcher and informer has delivered the last
+	// acknowledged write (liveness), at most CatchUpTimeout, then stop
+	// them; what is still missing is reported by the checks.
+	lastAck := lastAcknowledged(res.Operations) // every recorded write is to the resource
+	start := time.Now()
+	caughtUp := func() bool {
+		for _, w := range watchers {
+			if w.last.Load() < lastAck {
+				return false
+			}
+		}
+		for _, inf := range informers {
+			if inf.last.Load() < lastAck {
+				return false
+			}
+		}
+		return true
+	}
+	for !caughtUp() && time.Since(start) < CatchUpTimeout {
+		time.Sleep(20 * time.Millisecond)
+	}
+	res.CatchUp = time.Since(start)
+	logf("watchers and informers caught up with the last acknowledged write in %v (at most %v)", res.CatchUp.Round(time.Millisecond), CatchUpTimeout)
 	wcancel()
 	wwg.Wait()
 	var outs []Output
@@ -309,6 +333,23 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 func (r *Result) Passed() bool {
 	return r.Check == porcupine.Ok && len(r.WatchProblems) == 0 && len(r.Bank.Problems) == 0 &&
 		len(r.StaleProblems) == 0 && len(r.InformerProblems) == 0 && r.FinalReadErrors == 0
+}
+
+// CatchUpTimeout bounds how long a run waits, once the traffic and the
+// faults have stopped, for every watch to deliver the last acknowledged
+// write; a watch still behind then fails the liveness checks.
+const CatchUpTimeout = 15 * time.Second
+
+// lastAcknowledged returns the revision of the last acknowledged write.
+func lastAcknowledged(ops []porcupine.Operation) (last int64) {
+	for _, op := range ops {
+		in, out := op.Input.(Input), op.Output.(Output)
+		write := in.Kind == OpPut || (in.Kind == OpCAS || in.Kind == OpCAS2) && out.Succeeded
+		if write && !out.Unknown && out.Rev > last {
+			last = out.Rev
+		}
+	}
+	return last
 }
 
 // SnapshotCount is the rangekv --snapshot-count of a run's nodes.

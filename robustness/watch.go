@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -21,6 +22,7 @@ type Watcher struct {
 	Responses [][]Event
 	Err       error
 	Resumes   int
+	last      atomic.Int64 // revision of the last event delivered
 }
 
 // Event is one delivered event.
@@ -56,6 +58,7 @@ func (w *Watcher) Watch(ctx context.Context, kv *clientv3.Client, from int64) {
 			}
 			if len(evs) > 0 {
 				w.Responses = append(w.Responses, evs)
+				w.last.Store(evs[len(evs)-1].Rev)
 			}
 		}
 		cancel()
