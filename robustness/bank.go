@@ -100,7 +100,12 @@ func (b *Bank) Audit(ctx context.Context, kv *clientv3.Client, serializable bool
 	b.Audits++
 	b.mu.Unlock()
 	if total != bankInitial*len(bankAccounts) {
-		b.problem("audit at revision %d: total %d, want %d (%v)", rev, total, bankInitial*len(bankAccounts), bal)
+		kind := "linearizable"
+		if serializable {
+			kind = "serializable"
+		}
+		b.problem("%s audit through %v at revision %d: total %d, want %d (%v)", kind, kv.Endpoints(), rev, total,
+			bankInitial*len(bankAccounts), bal)
 	}
 }
 
