@@ -383,6 +383,55 @@ func (s *kvServer) multiRangeTxn(ctx context.Context, req *pb.TxnRequest) (*pb.T
 }
 
 func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	rs, span, err := s.n.txnRanges(req)
+	if err != nil {
+		return nil, err
+	}
+	// The ranges' descriptors before T is chosen and after: T promises
+	// every write at or below it only for the keys each range covered
+	// when its readable revision was read or its close applied. A split
+	// in between moves keys (and a transaction's intent on them) to a
+	// range T did not account for, and a commit could still land below T
+	// there: read again. (Found by the robustness suite: a bank audit saw
+	// a transfer torn across a split.)
+	marks := markRanges(rs)
+	if testHookTxnRangesListed != nil {
+		testHookTxnRangesListed(s.n)
+	}
+	var t int64
+	if placement.TxnSerializable(req) {
+		t = rs[0].ReadableRevision()
+		for _, r := range rs[1:] {
+			t = min(t, r.ReadableRevision())
+		}
+	} else if t, err = s.n.closeAcrossNow(ctx, rs); err != nil {
+		if errors.Is(err, errStaleRange) {
+			return nil, err
+		}
+		return nil, translateErr(ctx, err)
+	}
+	after, _, err := s.n.txnRanges(req)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Equal(marks, markRanges(after)) {
+		return nil, errStaleRange
+	}
+	var compacted int64
+	for _, r := range rs {
+		compacted = max(compacted, r.Status().CompactRevision)
+	}
+	return s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
+}
+
+// testHookTxnRangesListed, when set (tests only), runs in a multi-range
+// read-only txn after its ranges are listed and before T is chosen.
+var testHookTxnRangesListed func(n *Node)
+
+// txnRanges lists the local replicas of the ranges a txn's keys lie in,
+// each once, in the order of the txn's spans, and the span from the
+// first range's start to the last range's end.
+func (n *Node) txnRanges(req *pb.TxnRequest) ([]*rangeraft.Replica, kvstore.Span, error) {
 	seen := map[uint64]bool{}
 	var rs []*rangeraft.Replica
 	var span kvstore.Span
@@ -392,7 +441,7 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 			return
 		}
 		var got []*rangeraft.Replica
-		if got, err = s.n.spanRanges(start, end); err != nil {
+		if got, err = n.spanRanges(start, end); err != nil {
 			return
 		}
 		for _, r := range got {
@@ -409,24 +458,5 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 			}
 		}
 	})
-	if err != nil {
-		return nil, err
-	}
-	var t int64
-	if placement.TxnSerializable(req) {
-		t = rs[0].ReadableRevision()
-		for _, r := range rs[1:] {
-			t = min(t, r.ReadableRevision())
-		}
-	} else if t, err = s.n.closeAcrossNow(ctx, rs); err != nil {
-		if errors.Is(err, errStaleRange) {
-			return nil, err
-		}
-		return nil, translateErr(ctx, err)
-	}
-	var compacted int64
-	for _, r := range rs {
-		compacted = max(compacted, r.Status().CompactRevision)
-	}
-	return s.n.readTxn(req, kvstore.UserKeys, span, t, compacted, 0)
+	return rs, span, err
 }

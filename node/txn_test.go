@@ -6,6 +6,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -190,4 +191,63 @@ func TestCrossRangeTxnReadsHistory(t *testing.T) {
 	require.NoError(t, err)
 	_, err = cli.Txn(ctx).Then(clientv3.OpGet("a", clientv3.WithRev(r1)), clientv3.OpPut("b", "1"), clientv3.OpPut("y", "1")).Commit()
 	require.ErrorIs(t, err, rpctypes.ErrCompacted)
+}
+
+// TestMultiRangeTxnRereadsAcrossSplit checks that a multi-range read-only
+// txn whose ranges split between listing them and choosing its revision
+// T lists them again. Without it, T is read from the left-hand range
+// alone while the keys that moved (and a cross-range transaction's
+// intent on them) are no longer capping it, and a commit can land below
+// T: the robustness suite's bank saw a transfer torn that way.
+func TestMultiRangeTxnRereadsAcrossSplit(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.waitLeader()
+	ctx := ctxT(t, testWait)
+	_, _, err := lead.node().splitAt(ctx, []byte("m"))
+	require.NoError(t, err)
+	cli := c.members[1].client
+	_, err = cli.Put(ctx, "a", "1")
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, "z", "1")
+	require.NoError(t, err)
+	// Serializable reads on this member see both puts once it applied them.
+	require.Eventually(t, func() bool {
+		resp, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithSerializable())
+		return err == nil && resp.Count == 2
+	}, testWait, 5*time.Millisecond)
+
+	for _, serializable := range []bool{true, false} {
+		splitKey := map[bool]string{true: "x", false: "y"}[serializable]
+		var opts []clientv3.OpOption
+		if serializable {
+			opts = append(opts, clientv3.WithSerializable())
+		}
+		calls := 0
+		testHookTxnRangesListed = func(n *Node) {
+			if n != c.members[1].node() {
+				return
+			}
+			calls++
+			if calls > 1 {
+				return
+			}
+			_, _, err := lead.node().splitAt(ctx, []byte(splitKey))
+			require.NoError(t, err)
+			// Wait until the serving node has applied the split too.
+			require.Eventually(t, func() bool {
+				rs, err := n.spanRanges(kvstore.UserSpanKey([]byte("z")), kvstore.UserSpanKey([]byte("z\x00")))
+				if err != nil || len(rs) != 1 {
+					return false
+				}
+				start, _ := rs[0].Span()
+				return string(start) == string(kvstore.UserSpanKey([]byte(splitKey)))
+			}, testWait, 5*time.Millisecond)
+		}
+		resp, err := cli.Txn(ctx).Then(clientv3.OpGet("a", opts...), clientv3.OpGet("z", opts...)).Commit()
+		testHookTxnRangesListed = nil
+		require.NoError(t, err, "serializable %v", serializable)
+		require.Equal(t, "1", string(resp.Responses[0].GetResponseRange().Kvs[0].Value))
+		require.Equal(t, "1", string(resp.Responses[1].GetResponseRange().Kvs[0].Value))
+		require.Equal(t, 2, calls, "serializable %v: the txn listed its ranges again after the split", serializable)
+	}
 }
