@@ -181,10 +181,10 @@ func TestReadAndTenantWorkloadsCount(t *testing.T) {
 	require.Zero(t, rep.Ops[0].Errors)
 	cli, err := dial(base.Defaults())
 	require.NoError(t, err)
-	keys, pages, err := ListPaged(ctx, cli[0], "r/", "r0", 7)
+	kvs, _, pages, err := ListPaged(ctx, cli[0], "r/", "r0", 7)
 	closeAll(cli)
 	require.NoError(t, err)
-	require.Equal(t, 40, keys, "the populated key space")
+	require.Equal(t, 40, len(kvs), "the populated key space")
 	require.Equal(t, 6, pages, "40 keys in pages of 7")
 
 	_, err = RunRange(ctx, base, RangeOptions{Limit: -1})

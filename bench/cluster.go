@@ -41,7 +41,7 @@ func StartLocalCluster(ctx context.Context, system, binary, dir string, nodes in
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2 * nodes)
+	ports, err := FreePorts(2 * nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -146,22 +146,30 @@ func (lc *LocalCluster) Stop() {
 	lc.procs, lc.done = nil, nil
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
+// FreePorts returns n distinct free loopback ports at or above 40000: the
+// 1xxxx-3xxxx ranges belong to other clusters on shared machines. Each is
+// held until all are chosen, so they are distinct; another process may
+// still take one before the caller binds it.
+func FreePorts(n int) ([]int, error) {
+	var ports []int
+	var held []net.Listener
 	defer func() {
-		for _, l := range ls {
+		for _, l := range held {
 			l.Close()
 		}
 	}()
-	ports := make([]int, 0, n)
-	for range n {
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("bench: no free loopback ports >= 40000")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		held = append(held, l)
+		if p := l.Addr().(*net.TCPAddr).Port; p >= 40000 {
+			ports = append(ports, p)
+		}
 	}
 	return ports, nil
 }

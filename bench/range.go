@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -60,7 +61,7 @@ func RunRange(ctx context.Context, c Config, o RangeOptions) (*Report, error) {
 				rec.Observe(time.Since(t), err)
 				return
 			}
-			_, _, err := ListPaged(rctx, kv[client%c.Conns], c.Prefix, clientv3.GetPrefixRangeEnd(c.Prefix), o.Limit, opts...)
+			_, _, _, err := ListPaged(rctx, kv[client%c.Conns], c.Prefix, clientv3.GetPrefixRangeEnd(c.Prefix), o.Limit, opts...)
 			rec.Observe(time.Since(t), err)
 		})
 	})
@@ -76,24 +77,25 @@ func RunRange(ctx context.Context, c Config, o RangeOptions) (*Report, error) {
 
 // ListPaged lists [start, end) in pages of limit keys: the first page at
 // the current revision, the following ones at that revision, each
-// continuing after the previous page's last key. It returns the number of
-// keys and pages read.
-func ListPaged(ctx context.Context, kv clientv3.KV, start, end string, limit int, opts ...clientv3.OpOption) (keys, pages int, err error) {
+// continuing after the previous page's last key, as kube-apiserver pages
+// a list. It returns the keys, the revision read at, and the number of
+// pages.
+func ListPaged(ctx context.Context, kv clientv3.KV, start, end string, limit int, opts ...clientv3.OpOption) (kvs []*mvccpb.KeyValue, rev int64, pages int, err error) {
 	opts = append(append([]clientv3.OpOption(nil), opts...), clientv3.WithRange(end), clientv3.WithLimit(int64(limit)))
 	key := start
-	for rev := int64(0); ; {
+	for {
 		resp, err := kv.Get(ctx, key, opts...)
 		if err != nil {
-			return keys, pages, err
+			return kvs, rev, pages, err
 		}
 		pages++
-		keys += len(resp.Kvs)
+		kvs = append(kvs, resp.Kvs...)
 		if rev == 0 {
 			rev = resp.Header.Revision
 			opts = append(opts, clientv3.WithRev(rev))
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return keys, pages, nil
+			return kvs, rev, pages, nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}

@@ -216,7 +216,7 @@ func RunTenants(ctx context.Context, c Config, o TenantsOptions) (*Report, error
 		case 3:
 			_, err = kvc.Get(rctx, key)
 		case 4:
-			_, _, err = ListPaged(rctx, kvc, prefix(t), clientv3.GetPrefixRangeEnd(prefix(t)), o.PageSize)
+			_, _, _, err = ListPaged(rctx, kvc, prefix(t), clientv3.GetPrefixRangeEnd(prefix(t)), o.PageSize)
 		default:
 			cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
 			then := clientv3.OpPut(key, val)

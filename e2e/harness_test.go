@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,8 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/rangekv/rangekv/bench"
 )
 
 // Paths of the binaries TestMain builds.
@@ -102,27 +103,11 @@ func cleanEnv() []string {
 	return env
 }
 
-// freePorts returns n distinct free loopback ports. Ports below 40000 are
-// skipped: the 1xxxx-3xxxx ranges belong to other people's clusters on
-// this machine.
+// freePorts returns n distinct free loopback ports (bench.FreePorts).
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	var ports []int
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for tries := 0; len(ports) < n; tries++ {
-		require.Less(t, tries, 1000, "no free loopback ports >= 40000")
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		held = append(held, l) // held until all are chosen, so they are distinct
-		if p := l.Addr().(*net.TCPAddr).Port; p >= 40000 {
-			ports = append(ports, p)
-		}
-	}
+	ports, err := bench.FreePorts(n)
+	require.NoError(t, err)
 	return ports
 }
 

@@ -193,19 +193,30 @@ func (s *kvServer) multiRangeOnce(ctx context.Context, req *pb.RangeRequest, sta
 	if err != nil {
 		return nil, err
 	}
-	var t int64
-	if req.Serializable {
-		t = rs[0].ReadableRevision()
+	t, err := s.n.readRevision(ctx, rs, req.Serializable)
+	if err != nil {
+		return nil, err
+	}
+	return s.n.readAt(rs, req, t, start, end)
+}
+
+// readRevision chooses the revision T a read over the ranges rs is served
+// at: the lowest revision every local replica can serve when
+// serializable, else a close across the ranges' leaders at the clock's
+// now (closeAcrossNow).
+func (n *Node) readRevision(ctx context.Context, rs []*rangeraft.Replica, serializable bool) (int64, error) {
+	if serializable {
+		t := rs[0].ReadableRevision()
 		for _, r := range rs[1:] {
 			t = min(t, r.ReadableRevision())
 		}
-	} else if t, err = s.n.closeAcrossNow(ctx, rs); err != nil {
-		if errors.Is(err, errStaleRange) {
-			return nil, err
-		}
-		return nil, translateErr(ctx, err)
+		return t, nil
 	}
-	return s.n.readAt(rs, req, t, start, end)
+	t, err := n.closeAcrossNow(ctx, rs)
+	if err != nil && !errors.Is(err, errStaleRange) {
+		return 0, translateErr(ctx, err)
+	}
+	return t, err
 }
 
 // closeAcrossNow is closeAcross at the revision a linearizable
@@ -398,17 +409,9 @@ func (s *kvServer) multiRangeTxnOnce(ctx context.Context, req *pb.TxnRequest) (*
 	if testHookTxnRangesListed != nil {
 		testHookTxnRangesListed(s.n)
 	}
-	var t int64
-	if placement.TxnSerializable(req) {
-		t = rs[0].ReadableRevision()
-		for _, r := range rs[1:] {
-			t = min(t, r.ReadableRevision())
-		}
-	} else if t, err = s.n.closeAcrossNow(ctx, rs); err != nil {
-		if errors.Is(err, errStaleRange) {
-			return nil, err
-		}
-		return nil, translateErr(ctx, err)
+	t, err := s.n.readRevision(ctx, rs, placement.TxnSerializable(req))
+	if err != nil {
+		return nil, err
 	}
 	after, _, err := s.n.txnRanges(req)
 	if err != nil {

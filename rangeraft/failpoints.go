@@ -52,17 +52,20 @@ func failpointBeforeApplyCommit() { _, _ = fpBeforeApplyCommit.Acquire() }
 func failpointBeforeSnapshotCommit() { _, _ = fpBeforeSnapshotCommit.Acquire() }
 func failpointAfterSnapshotCommit()  { _, _ = fpAfterSnapshotCommit.Acquire() }
 
-// droppedFrom reports whether rangeraftDropFrom names node.
-func droppedFrom(node uint64) bool {
+// dropList returns the node list rangeraftDropFrom is set to, "" when it
+// is off (one read lock).
+func dropList() string {
 	v, err := fpDropFrom.Acquire()
 	if err != nil {
-		return false
+		return ""
 	}
-	list, ok := v.(string)
-	if !ok {
-		return false
-	}
-	for _, f := range strings.Split(list, ",") {
+	list, _ := v.(string)
+	return list
+}
+
+// droppedFrom reports whether rangeraftDropFrom names node.
+func droppedFrom(node uint64) bool {
+	for _, f := range strings.Split(dropList(), ",") {
 		if id, err := strconv.ParseUint(strings.TrimSpace(f), 16, 64); err == nil && id == node {
 			return true
 		}

@@ -10,10 +10,8 @@ package robustness
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/rangekv/rangekv/bench"
 )
 
 // Cluster is a set of rangekv processes on loopback, founded like etcd's
@@ -58,7 +58,7 @@ func (n *Node) Endpoint() string { return strings.TrimPrefix(n.ClientURL, "http:
 // NewCluster prepares, without starting them, n nodes of binary with their
 // data and logs under dir; extraFlags are appended to every node's flags.
 func NewCluster(binary, dir string, n int, extraFlags ...string) (*Cluster, error) {
-	ports, err := FreePorts(4 * n)
+	ports, err := bench.FreePorts(4 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -295,32 +295,6 @@ func (n *Node) WaitReady(ctx context.Context) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// FreePorts returns n distinct free loopback ports at or above 40000 (the
-// lower ones belong to other clusters on shared machines).
-func FreePorts(n int) ([]int, error) {
-	var ports []int
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 1000 {
-			return nil, errors.New("no free loopback ports >= 40000")
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		held = append(held, l)
-		if p := l.Addr().(*net.TCPAddr).Port; p >= 40000 {
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
 }
 
 // cleanEnv is the environment without RANGEKV_* variables, which would

@@ -96,7 +96,14 @@ func crashInSnapshot(ctx context.Context, c *Cluster, rng *rand.Rand) (string, e
 	if err := n.StartWithFailpoints(fp + `=1*panic("robustness")`); err != nil {
 		return what, err
 	}
-	if !n.WaitExit(10 * time.Second) {
+	return restartCrashed(ctx, n, 10*time.Second, what)
+}
+
+// restartCrashed waits up to wait for n to crash at the failpoint a fault
+// armed (SIGKILLing it if it did not get there, noted in what), restarts
+// it without the failpoint, and waits until it is ready.
+func restartCrashed(ctx context.Context, n *Node, wait time.Duration, what string) (string, error) {
+	if !n.WaitExit(wait) {
 		what += " (not reached: SIGKILL)"
 	}
 	n.Kill()
@@ -122,14 +129,7 @@ func crashInSplit(ctx context.Context, c *Cluster, rng *rand.Rand) (string, erro
 		// Usually the node crashed while serving the split request.
 		what += fmt.Sprintf(" (split request: %v)", err)
 	}
-	if !n.WaitExit(5 * time.Second) {
-		what += " (not reached: SIGKILL)"
-	}
-	n.Kill()
-	if err := n.Start(); err != nil {
-		return what, err
-	}
-	return what, n.WaitReady(ctx)
+	return restartCrashed(ctx, n, 5*time.Second, what)
 }
 
 // partition cuts the raft traffic between a node and every other node,
@@ -216,14 +216,7 @@ func crashAtFailpoint(ctx context.Context, c *Cluster, rng *rand.Rand) (string, 
 		return "", err
 	}
 	what := fmt.Sprintf("crash %s at %s", n.Name, fp)
-	if !n.WaitExit(5 * time.Second) {
-		what += " (not reached: SIGKILL)"
-	}
-	n.Kill()
-	if err := n.Start(); err != nil {
-		return what, err
-	}
-	return what, n.WaitReady(ctx)
+	return restartCrashed(ctx, n, 5*time.Second, what)
 }
 
 // dropInbound cuts every connection into a node's peer port and refuses

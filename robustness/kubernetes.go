@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/rangekv/rangekv/bench"
 )
 
 // The traffic profiles.
@@ -46,28 +48,12 @@ const (
 // as kube-apiserver continues a list. It returns the objects and that
 // revision.
 func listResource(ctx context.Context, kv *clientv3.Client, serializable bool) ([]*mvccpb.KeyValue, int64, error) {
-	opts := []clientv3.OpOption{clientv3.WithRange(resourceEnd), clientv3.WithLimit(listPageSize)}
+	var opts []clientv3.OpOption
 	if serializable {
 		opts = append(opts, clientv3.WithSerializable())
 	}
-	var out []*mvccpb.KeyValue
-	var rev int64
-	key := resourceStart
-	for {
-		resp, err := kv.Get(ctx, key, opts...)
-		if err != nil {
-			return nil, 0, err
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		out = append(out, resp.Kvs...)
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
+	kvs, rev, _, err := bench.ListPaged(ctx, kv, resourceStart, resourceEnd, listPageSize, opts...)
+	return kvs, rev, err
 }
 
 // keyIndex maps a model key to its index in Keys.
@@ -88,18 +74,7 @@ func (c *Client) stepKubernetes(ctx context.Context) {
 	i := c.Rand.IntN(NumKeys)
 	switch r := c.Rand.IntN(100); {
 	case r < 10:
-		resp, err := c.KV.Get(ctx, Keys[i])
-		if err != nil {
-			return
-		}
-		var out Output
-		c.seenRev[i] = 0
-		if len(resp.Kvs) == 1 {
-			out.Values[i] = string(resp.Kvs[0].Value)
-			c.seenRev[i] = resp.Kvs[0].ModRevision
-		}
-		c.seen[i] = out.Values[i]
-		h.add(c.ID, Input{Kind: OpGet, I: i}, call, out, h.now())
+		c.get(ctx, i)
 	case r < 35:
 		kvs, _, err := listResource(ctx, c.KV, false)
 		if err != nil {
@@ -280,14 +255,9 @@ func (ep *InformerEpoch) watch(ctx context.Context, kv *clientv3.Client, last *a
 					ep.Bookmarks = append(ep.Bookmarks, Bookmark{After: len(ep.Responses), Rev: resp.Header.Revision})
 					continue
 				}
-				var evs []Event
-				for _, ev := range resp.Events {
-					evs = append(evs, Event{Key: string(ev.Kv.Key), Value: string(ev.Kv.Value), Rev: ev.Kv.ModRevision,
-						Delete: ev.Type == clientv3.EventTypeDelete})
-					next = ev.Kv.ModRevision + 1
-				}
-				if len(evs) > 0 {
+				if evs := eventsOf(resp); len(evs) > 0 {
 					ep.Responses = append(ep.Responses, evs)
+					next = evs[len(evs)-1].Rev + 1
 					last.Store(evs[len(evs)-1].Rev)
 				}
 			}

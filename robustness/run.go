@@ -343,13 +343,17 @@ const CatchUpTimeout = 15 * time.Second
 // lastAcknowledged returns the revision of the last acknowledged write.
 func lastAcknowledged(ops []porcupine.Operation) (last int64) {
 	for _, op := range ops {
-		in, out := op.Input.(Input), op.Output.(Output)
-		write := in.Kind == OpPut || (in.Kind == OpCAS || in.Kind == OpCAS2) && out.Succeeded
-		if write && !out.Unknown && out.Rev > last {
+		if out := op.Output.(Output); acknowledgedWrite(op.Input.(Input), out) && out.Rev > last {
 			last = out.Rev
 		}
 	}
 	return last
+}
+
+// acknowledgedWrite reports whether an operation is a write the client
+// was told took effect: a put, or a CAS that succeeded.
+func acknowledgedWrite(in Input, out Output) bool {
+	return !out.Unknown && (in.Kind == OpPut || (in.Kind == OpCAS || in.Kind == OpCAS2) && out.Succeeded)
 }
 
 // SnapshotCount is the rangekv --snapshot-count of a run's nodes.

@@ -102,18 +102,7 @@ func (c *Client) Step(ctx context.Context) {
 			c.Stale.add(resp.Header.Revision, Keys[i:i+1], resp.Kvs)
 		}
 	case r < 20:
-		resp, err := c.KV.Get(ctx, Keys[i])
-		if err != nil {
-			return
-		}
-		out := Output{}
-		c.seenRev[i] = 0
-		if len(resp.Kvs) == 1 {
-			out.Values[i] = string(resp.Kvs[0].Value)
-			c.seenRev[i] = resp.Kvs[0].ModRevision
-		}
-		c.seen[i] = out.Values[i]
-		h.add(c.ID, Input{Kind: OpGet, I: i}, call, out, h.now())
+		c.get(ctx, i)
 	case r < 35:
 		_ = c.readAll(ctx)
 	case r < 55:
@@ -150,6 +139,24 @@ func (c *Client) Step(ctx context.Context) {
 // valueOf is the unique value a client writes as the n-th value of its
 // seq-th operation.
 func (c *Client) valueOf(seq, n int) string { return fmt.Sprintf("c%d-%d-%d", c.ID, seq, n) }
+
+// get reads key i linearizably and records it; a failed read is not
+// recorded.
+func (c *Client) get(ctx context.Context, i int) {
+	call := c.History.now()
+	resp, err := c.KV.Get(ctx, Keys[i])
+	if err != nil {
+		return
+	}
+	var out Output
+	c.seenRev[i] = 0
+	if len(resp.Kvs) == 1 {
+		out.Values[i] = string(resp.Kvs[0].Value)
+		c.seenRev[i] = resp.Kvs[0].ModRevision
+	}
+	c.seen[i] = out.Values[i]
+	c.History.add(c.ID, Input{Kind: OpGet, I: i}, call, out, c.History.now())
+}
 
 // readAll reads every key in one multi-range transaction and records it;
 // a failed read is not recorded.

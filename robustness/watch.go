@@ -50,14 +50,9 @@ func (w *Watcher) Watch(ctx context.Context, kv *clientv3.Client, from int64) {
 				}
 				break
 			}
-			var evs []Event
-			for _, ev := range resp.Events {
-				evs = append(evs, Event{Key: string(ev.Kv.Key), Value: string(ev.Kv.Value), Rev: ev.Kv.ModRevision,
-					Delete: ev.Type == clientv3.EventTypeDelete})
-				next = ev.Kv.ModRevision + 1
-			}
-			if len(evs) > 0 {
+			if evs := eventsOf(resp); len(evs) > 0 {
 				w.Responses = append(w.Responses, evs)
+				next = evs[len(evs)-1].Rev + 1
 				w.last.Store(evs[len(evs)-1].Rev)
 			}
 		}
@@ -66,6 +61,16 @@ func (w *Watcher) Watch(ctx context.Context, kv *clientv3.Client, from int64) {
 			w.Resumes++
 		}
 	}
+}
+
+// eventsOf returns a watch response's events.
+func eventsOf(resp clientv3.WatchResponse) []Event {
+	var evs []Event
+	for _, ev := range resp.Events {
+		evs = append(evs, Event{Key: string(ev.Kv.Key), Value: string(ev.Kv.Value), Rev: ev.Kv.ModRevision,
+			Delete: ev.Type == clientv3.EventTypeDelete})
+	}
+	return evs
 }
 
 // CheckWatchers validates the watch guarantees (etcd's): every watcher's
@@ -134,8 +139,7 @@ func CheckWatchers(ws []*Watcher, ops []Output, inputs []Input) []string {
 	// run lets watches catch up before it stops them).
 	var lastAck int64
 	for n, out := range ops {
-		write := inputs[n].Kind == OpPut || (inputs[n].Kind == OpCAS || inputs[n].Kind == OpCAS2) && out.Succeeded
-		if write && !out.Unknown && out.Rev > lastAck {
+		if acknowledgedWrite(inputs[n], out) && out.Rev > lastAck {
 			lastAck = out.Rev
 		}
 	}
