@@ -13,13 +13,30 @@ import (
 // 100,000-key range on disk, as the raft apply loop does (one indexed
 // batch per pass, committed without sync), as a sub-benchmark reading the
 // replaced versions from the engine ("engine") and one with the apply
-// path's NewestCache ("newest-cache").
+// path's NewestCache ("newest-cache"), and one with the cache and the
+// KeyPresence set ("presence").
 func benchApply(b *testing.B, fn func(w *WriteBatch, key []byte) error) {
-	b.Run("engine", func(b *testing.B) { benchApplyWith(b, nil, fn) })
-	b.Run("newest-cache", func(b *testing.B) { benchApplyWith(b, NewNewestCache(64<<20), fn) })
+	rng := rand.New(rand.NewPCG(1, 2))
+	existing := func(int) []byte { return []byte(fmt.Sprintf("k%06d", rng.IntN(100_000))) }
+	b.Run("engine", func(b *testing.B) { benchApplyWith(b, nil, false, existing, fn) })
+	b.Run("newest-cache", func(b *testing.B) { benchApplyWith(b, NewNewestCache(64<<20), false, existing, fn) })
+	b.Run("presence", func(b *testing.B) { benchApplyWith(b, NewNewestCache(64<<20), true, existing, fn) })
 }
 
-func benchApplyWith(b *testing.B, cache *NewestCache, fn func(w *WriteBatch, key []byte) error) {
+// BenchmarkApplyPutNewKeys puts keys never written before into the same
+// populated range: what the NewestCache cannot answer and KeyPresence can.
+func BenchmarkApplyPutNewKeys(b *testing.B) {
+	val := make([]byte, 256)
+	fresh := func(i int) []byte { return []byte(fmt.Sprintf("n%09d", i)) }
+	put := func(w *WriteBatch, key []byte) error {
+		_, err := ApplyPut(w, &pb.PutRequest{Key: key, Value: val})
+		return err
+	}
+	b.Run("newest-cache", func(b *testing.B) { benchApplyWith(b, NewNewestCache(64<<20), false, fresh, put) })
+	b.Run("presence", func(b *testing.B) { benchApplyWith(b, NewNewestCache(64<<20), true, fresh, put) })
+}
+
+func benchApplyWith(b *testing.B, cache *NewestCache, presence bool, key func(i int) []byte, fn func(w *WriteBatch, key []byte) error) {
 	s := newTestStore(b)
 	s.newest = cache
 	const keys = 100_000
@@ -39,13 +56,19 @@ func benchApplyWith(b *testing.B, cache *NewestCache, fn func(w *WriteBatch, key
 			b.Fatal(err)
 		}
 	}
-	rng := rand.New(rand.NewPCG(1, 2))
+	var kp *KeyPresence
+	if presence {
+		var err error
+		if kp, err = LoadKeyPresence(s.db); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.ResetTimer()
-	for range b.N {
+	for i := range b.N {
 		rev++
 		batch := s.db.NewIndexedBatch()
-		w := &WriteBatch{Batch: batch, Rev: rev, Keyspace: s.ks, Span: s.span, Newest: cache}
-		if err := fn(w, []byte(fmt.Sprintf("k%06d", rng.IntN(keys)))); err != nil {
+		w := &WriteBatch{Batch: batch, Rev: rev, Keyspace: s.ks, Span: s.span, Newest: cache, Presence: kp}
+		if err := fn(w, key(i)); err != nil {
 			b.Fatal(err)
 		}
 		if err := batch.Commit(pebble.NoSync); err != nil {

@@ -25,6 +25,8 @@ type testStore struct {
 	// newest, when set, is the WriteBatches' NewestCache, as in the apply
 	// path.
 	newest *NewestCache
+	// presence, when set, is the WriteBatches' KeyPresence.
+	presence *KeyPresence
 }
 
 func newTestStore(t testing.TB) *testStore {
@@ -40,7 +42,7 @@ func (s *testStore) apply(rev int64, fn func(w *WriteBatch) error) (*WriteBatch,
 	s.t.Helper()
 	b := s.db.NewIndexedBatch()
 	defer b.Close()
-	w := &WriteBatch{Batch: b, Rev: rev, Keyspace: s.ks, Span: s.span, CompactRev: s.compactRev, Newest: s.newest}
+	w := &WriteBatch{Batch: b, Rev: rev, Keyspace: s.ks, Span: s.span, CompactRev: s.compactRev, Newest: s.newest, Presence: s.presence}
 	if err := fn(w); err != nil {
 		return w, err
 	}

@@ -76,15 +76,26 @@ func (m *model) del(key, end []byte) {
 var debugModel = false
 
 func TestRandomOpsAgainstModel(t *testing.T) {
-	t.Run("engine", func(t *testing.T) { randomOpsAgainstModel(t, nil) })
+	t.Run("engine", func(t *testing.T) { randomOpsAgainstModel(t, nil, false) })
 	// A cache small enough to drop its generations every few writes.
-	t.Run("newest-cache", func(t *testing.T) { randomOpsAgainstModel(t, NewNewestCache(1500)) })
+	t.Run("newest-cache", func(t *testing.T) { randomOpsAgainstModel(t, NewNewestCache(1500), false) })
+	// The same tiny cache, and the key presence set answering its misses,
+	// reloaded from the engine every 100 steps as at a restart.
+	t.Run("presence", func(t *testing.T) { randomOpsAgainstModel(t, NewNewestCache(1500), true) })
 }
 
-func randomOpsAgainstModel(t *testing.T, cache *NewestCache) {
+func randomOpsAgainstModel(t *testing.T, cache *NewestCache, presence bool) {
 	rnd := rand.New(rand.NewSource(1))
 	s := newTestStore(t)
 	s.newest = cache
+	loadPresence := func() {
+		if presence {
+			var err error
+			s.presence, err = LoadKeyPresence(s.db)
+			require.NoError(t, err)
+		}
+	}
+	loadPresence()
 	m := &model{cur: map[string]*mvccpb.KeyValue{}}
 	keys := []string{"a", "ab", "b", "c", "d", "e"}
 	rk := func() string { return keys[rnd.Intn(len(keys))] }
@@ -115,6 +126,7 @@ func randomOpsAgainstModel(t *testing.T, cache *NewestCache) {
 		rev += int64(1 + rnd.Intn(200))
 		if step%100 == 99 {
 			checkHistory(t, s)
+			loadPresence()
 		}
 		switch op := rnd.Intn(20); {
 		case op < 8:

@@ -52,7 +52,10 @@ type WriteBatch struct {
 	// Newest, when set, caches the newest versions the batch replaces
 	// (the apply path's NewestCache); nil reads them from Batch.
 	Newest *NewestCache
-	sub    int64 // next sub-revision (operation order within Rev)
+	// Presence, when set, is the node's KeyPresence: a key it does not
+	// hold is absent without a seek, and every version written is added.
+	Presence *KeyPresence
+	sub      int64 // next sub-revision (operation order within Rev)
 }
 
 // ErrKeyOutsideSpan is returned by ApplyPut, ApplyDeleteRange and ApplyTxn

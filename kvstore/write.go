@@ -18,6 +18,9 @@ func (w *WriteBatch) newest(spanKey []byte) (*Version, int64, error) {
 	if w.Newest != nil {
 		v, size, ok = w.Newest.get(spanKey)
 	}
+	if !ok && w.Presence != nil && !w.Presence.MayContain(spanKey) {
+		return nil, 0, nil // never stored
+	}
 	if !ok {
 		var err error
 		if v, size, err = getNewest(w.Batch, spanKey, 0); err != nil {
@@ -43,6 +46,9 @@ func (w *WriteBatch) writeVersion(spanKey []byte, prev *Version, prevSize int64,
 	v.Sub = w.sub
 	ek := EncodeMVCCKey(nil, spanKey, w.Rev)
 	val := EncodeVersion(nil, v)
+	if w.Presence != nil {
+		w.Presence.Add(spanKey)
+	}
 	if err := w.Batch.Set(ek, val, nil); err != nil {
 		return err
 	}

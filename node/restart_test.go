@@ -564,11 +564,43 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 	require.Equal(t, "snap/after", string(evs[4*snapCount+1].Kv.Key))
 	cancel()
 
+	// A key the snapshot brought, rewritten after it: the follower applies
+	// it as the leader does (its presence set learned the snapshot's keys).
+	resp, err = lead.client.Put(ctx, "snap/001", "rewritten")
+	require.NoError(t, err)
+	want["snap/001"] = "rewritten"
+	lastRev = resp.Header.Revision
+	checkFollower("after rewriting a key the snapshot brought")
+	sameVersions(t, lead, f, "snap/")
+
 	// The snapshot's state survives a restart of the follower.
 	c.stop(f)
 	c.restart(f)
 	checkFollower("after restarting the follower")
 	c.waitReady()
+	// And after its restart, which loads its presence set from the engine.
+	resp, err = lead.client.Put(ctx, "snap/002", "rewritten")
+	require.NoError(t, err)
+	want["snap/002"] = "rewritten"
+	lastRev = resp.Header.Revision
+	checkFollower("after rewriting a key following the restart")
+	sameVersions(t, lead, f, "snap/")
+}
+
+// sameVersions checks that f serves every key under prefix with the
+// leader's create_revision, mod_revision and version, once it has applied
+// the leader's revision.
+func sameVersions(t *testing.T, lead, f *testMember, prefix string) {
+	t.Helper()
+	ctx := ctxT(t, testWait)
+	want, err := lead.client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSerializable())
+	require.NoError(t, err)
+	var got *clientv3.GetResponse
+	require.True(t, assertEventually(testWait, func() bool {
+		got, err = f.client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSerializable())
+		return err == nil && got.Header.Revision >= want.Header.Revision
+	}), "follower %s never reached revision %d", f.name, want.Header.Revision)
+	require.Equal(t, want.Kvs, got.Kvs)
 }
 
 // TestNodeStopUnderLoad stops a node (bare Node.Stop) while clients run

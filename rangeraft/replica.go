@@ -524,7 +524,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		}
 		rev := max(cmd.Timestamp, applied.Revision+1, applied.ClosedRevision+1)
 		res := ApplyResult{Term: e.GetTerm()}
-		wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: r.keyspace, Span: span, CompactRev: applied.CompactRevision, Newest: r.store.newest}
+		wb := &kvstore.WriteBatch{Batch: b, Rev: rev, Keyspace: r.keyspace, Span: span, CompactRev: applied.CompactRevision, Newest: r.store.newest, Presence: r.store.presence}
 		before := b.Count()
 		switch {
 		case cmd.Put != nil:

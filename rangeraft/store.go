@@ -77,6 +77,9 @@ type Store struct {
 	// newest caches the versions the apply path replaces
 	// (kvstore.NewestCache); only the scheduler's apply uses it.
 	newest *kvstore.NewestCache
+	// presence holds every key with a stored version (kvstore.KeyPresence),
+	// so the apply path does not seek for keys written for the first time.
+	presence *kvstore.KeyPresence
 
 	mu       sync.RWMutex
 	replicas map[uint64]*Replica
@@ -146,6 +149,13 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	s.rounds.issued = uint64(time.Now().UnixNano())
 	s.idle = newIdleGroups()
 	s.transport = newTransport(s)
+	began := time.Now()
+	presence, err := kvstore.LoadKeyPresence(s.db)
+	if err != nil {
+		return nil, fmt.Errorf("loading the stored keys: %w", err)
+	}
+	s.presence = presence
+	s.log.Info("loaded the stored keys", zap.Int("keys", s.presence.Len()), zap.Duration("took", time.Since(began)))
 	start, end := kvstore.RangeDescriptorKeySpan()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
 	if err != nil {
@@ -823,6 +833,9 @@ func (r *Replica) persistSnapshot(b *pebble.Batch, snap *raftpb.Snapshot) (*stag
 		}
 	}
 	for _, kv := range st.kvs {
+		if err := r.store.presence.AddEngineKey(kv.Key); err != nil {
+			return nil, err
+		}
 		if err := b.Set(kv.Key, kv.Value, nil); err != nil {
 			return nil, err
 		}

@@ -346,7 +346,7 @@ func (r *Replica) resolveIntent(b *pebble.Batch, t *txnTable, id string, commit 
 			return fmt.Errorf("rangekv: commit revision %d below the prepare revision %d of transaction %s",
 				commitRev, in.PrepareRevision, kvstore.TxnIDString([]byte(id)))
 		}
-		wb := &kvstore.WriteBatch{Batch: b, Rev: commitRev, Keyspace: r.keyspace, Span: span, CompactRev: compactRev, Newest: r.store.newest}
+		wb := &kvstore.WriteBatch{Batch: b, Rev: commitRev, Keyspace: r.keyspace, Span: span, CompactRev: compactRev, Newest: r.store.newest, Presence: r.store.presence}
 		ws := make([]kvstore.TxnWrite, 0, len(writes))
 		for _, w := range writes {
 			ws = append(ws, kvstore.TxnWrite{Key: w.Key, Value: w.Value, Lease: w.Lease, Delete: w.Delete})
