@@ -119,11 +119,7 @@ func onLeader[T proto.Message](ctx context.Context, s *kvServer, resolve func() 
 		case nl.LeaderNode != 0 && nl.LeaderNode != s.n.id:
 			res, err = forward(ctx, s.n, r.RangeID, nl.LeaderNode, remote)
 			if err == nil {
-				if s.routeHints {
-					_, _, gen := r.SpanGeneration()
-					_ = grpc.SetHeader(ctx, metadata.Pairs(placement.RouteHintHeader, placement.FormatRouteHint(placement.RouteHint{
-						RangeID: r.RangeID, Generation: gen, LeaderNode: nl.LeaderNode})))
-				}
+				s.setRouteHint(ctx, r, nl.LeaderNode)
 				waitLocalApply(ctx, r, res)
 				return res, nil
 			}
@@ -335,23 +331,35 @@ func (s *kvServer) checkSize(m proto.Message) error {
 	return nil
 }
 
-// propose replicates one etcd write on r and returns the applier's
-// result. A clock round comes first, so the write is stamped above every
-// revision acknowledged before it arrived, and the result waits until a
-// majority of the cluster's clocks have reached its revision
-// (docs/revisions.md, "Real-time order across ranges").
+// propose replicates a client write on r's range after this node's
+// clock round (docs/revisions.md, rule 2) and answers once a majority's
+// clocks cover its revision (rule 1). On a follower the write goes to the
+// range's leader inside the raft stream (rangeraft.Replica.ProposeAnywhere)
+// and the answer is this replica's apply; on the peer server (a request
+// another node forwarded by RPC) only the leader proposes.
 func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
-	r.RecordRequest(key)
-	// Propose checks leadership again: whatever it proposes was stamped
-	// after the round.
+	var leader uint64 // the leader a follower hands the write to
 	if err := r.CheckLeader(); err != nil {
-		return rangeraft.ApplyResult{}, err
+		var nl *rangeraft.NotLeaderError
+		if s.peer || !errors.As(err, &nl) || nl.LeaderNode == 0 {
+			return rangeraft.ApplyResult{}, err
+		}
+		leader = nl.LeaderNode
 	}
+	// Whatever is proposed below is stamped after the round, on this node
+	// or, through the raft batch carrying it, on the leader's.
 	if _, err := s.n.store.ClockRound(ctx); err != nil {
 		return rangeraft.ApplyResult{}, err
 	}
 	for {
-		res, err := r.Propose(ctx, cmd)
+		var res rangeraft.ApplyResult
+		var err error
+		if s.peer {
+			r.RecordRequest(key)
+			res, err = r.Propose(ctx, cmd)
+		} else {
+			res, err = r.ProposeAnywhere(ctx, cmd, key)
+		}
 		var conflict *rangeraft.IntentConflictError
 		if errors.As(err, &conflict) {
 			// Locked by a cross-range transaction: nothing was written.
@@ -365,8 +373,22 @@ func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte
 		if err != nil {
 			return res, err
 		}
+		if leader != 0 {
+			s.setRouteHint(ctx, r, leader)
+		}
 		return res, s.n.store.WaitClockQuorum(ctx, res.Revision)
 	}
+}
+
+// setRouteHint names r's leader to a routing client (placement.RouteHint)
+// when the client asked for hints.
+func (s *kvServer) setRouteHint(ctx context.Context, r *rangeraft.Replica, leader uint64) {
+	if !s.routeHints {
+		return
+	}
+	_, _, gen := r.SpanGeneration()
+	_ = grpc.SetHeader(ctx, metadata.Pairs(placement.RouteHintHeader, placement.FormatRouteHint(placement.RouteHint{
+		RangeID: r.RangeID, Generation: gen, LeaderNode: leader})))
 }
 
 // Range implements etcd's KV.Range. A range request over keys of several

@@ -12,11 +12,14 @@ type metrics struct {
 	proposalsApplied prometheus.Counter
 	proposalsPending prometheus.Gauge
 	proposalsFailed  prometheus.Counter
-	walFsync         prometheus.Histogram
-	readyLatency     prometheus.Histogram
-	readyBatchSize   prometheus.Histogram
-	droppedMessages  prometheus.Counter
-	closedViolations prometheus.Counter
+	// proposalsForwarded counts client writes this node handed to their
+	// range's leader in the raft stream (Replica.ProposeAnywhere).
+	proposalsForwarded prometheus.Counter
+	walFsync           prometheus.Histogram
+	readyLatency       prometheus.Histogram
+	readyBatchSize     prometheus.Histogram
+	droppedMessages    prometheus.Counter
+	closedViolations   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,6 +36,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "etcd_server_proposals_pending", Help: "Number of pending proposals to commit."}),
 		proposalsFailed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "etcd_server_proposals_failed_total", Help: "Number of failed proposals."}),
+		proposalsForwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rangekv_proposals_forwarded_total", Help: "Client writes handed to their range's leader in the raft stream."}),
 		walFsync: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "etcd_disk_wal_fsync_duration_seconds", Help: "Latency of the batched raft WAL fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.ranges, m.splits, m.leaderChanges, m.proposalsApplied, m.proposalsPending,
-			m.proposalsFailed, m.walFsync, m.readyLatency, m.readyBatchSize, m.droppedMessages, m.closedViolations)
+			m.proposalsFailed, m.proposalsForwarded, m.walFsync, m.readyLatency, m.readyBatchSize, m.droppedMessages, m.closedViolations)
 	}
 	return m
 }

@@ -53,6 +53,10 @@ type proposal struct {
 	ch chan ApplyResult
 }
 
+// proposalKey names a proposal in the leader's inflight table: command
+// IDs are unique per proposer node only.
+type proposalKey struct{ node, id uint64 }
+
 type readWaiter struct {
 	index uint64
 	ch    chan error
@@ -132,7 +136,7 @@ type Replica struct {
 	// after applies at or below it); pendingCloses await their index.
 	leaderTerm    uint64
 	leaderSince   uint64
-	inflight      map[uint64]inflightProposal
+	inflight      map[proposalKey]inflightProposal
 	evidence      map[uint64]clockEvidence
 	sideClosed    int64
 	pendingCloses []pendingClose
@@ -272,13 +276,54 @@ func (r *Replica) CheckLeader() error {
 // proposing when this replica does not lead. A context error after the
 // proposal was made is ambiguous: the command may still apply.
 func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResult, error) {
+	return r.propose(ctx, cmd, false, nil)
+}
+
+// ProposeAnywhere is Propose for a client write received by any replica.
+// On the leader it proposes cmd. On a follower that knows its leader it
+// hands cmd to the leader's node inside the raft stream (a
+// ForwardedProposal, as etcd followers forward proposals in MsgProp); the
+// leader stamps and proposes it, and the call waits until the command has
+// applied on this replica and answers with this replica's apply result,
+// which every replica computes alike. key is the request's first key, for
+// the leader's load statistics. Errors: *NotLeaderError when no leader is
+// known, the transport cannot queue the command, or the leader refused it
+// (in every case it did not enter the log); a context error after the
+// command left is ambiguous, as for Propose.
+func (r *Replica) ProposeAnywhere(ctx context.Context, cmd *txnproto.Command, key []byte) (ApplyResult, error) {
+	return r.propose(ctx, cmd, true, key)
+}
+
+func (r *Replica) propose(ctx context.Context, cmd *txnproto.Command, forward bool, key []byte) (ApplyResult, error) {
 	cmd.ProposerNode = r.store.cfg.NodeID
 	cmd.Id = r.store.proposalSeq.Add(1)
 	p := &proposal{ch: make(chan ApplyResult, 1)}
 	r.mu.Lock()
 	if err := r.notLeaderLocked(); err != nil {
+		var nl *NotLeaderError
+		if !forward || !errors.As(err, &nl) || nl.LeaderNode == 0 || nl.LeaderNode == r.store.cfg.NodeID {
+			r.mu.Unlock()
+			return ApplyResult{}, err
+		}
+		data, err := proto.Marshal(cmd) // no timestamp: the leader stamps it
+		if err != nil {
+			r.mu.Unlock()
+			return ApplyResult{}, err
+		}
+		r.proposals[cmd.Id] = p
 		r.mu.Unlock()
-		return ApplyResult{}, err
+		fp := &txnproto.ForwardedProposal{RangeId: r.RangeID, Command: data, Key: key}
+		if !r.store.transport.enqueue(nl.LeaderNode, outgoing{proposals: []*txnproto.ForwardedProposal{fp}}) {
+			r.mu.Lock()
+			delete(r.proposals, cmd.Id)
+			r.mu.Unlock()
+			return ApplyResult{}, nl
+		}
+		r.store.metrics.proposalsForwarded.Inc()
+		return r.waitProposal(ctx, cmd.Id, p)
+	}
+	if key != nil {
+		r.RecordRequest(key)
 	}
 	// Out of its idle group before it is stamped (idlegroups.go).
 	r.unquiesceLocked()
@@ -291,11 +336,11 @@ func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResu
 		return ApplyResult{}, err
 	}
 	r.proposals[cmd.Id] = p
-	r.inflight[cmd.Id] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
-	r.unquiesceLocked()
+	pk := proposalKey{node: cmd.ProposerNode, id: cmd.Id}
+	r.inflight[pk] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
 	if err := r.raw.Propose(data); err != nil {
 		delete(r.proposals, cmd.Id)
-		delete(r.inflight, cmd.Id)
+		delete(r.inflight, pk)
 		r.mu.Unlock()
 		r.store.metrics.proposalsFailed.Inc()
 		if errors.Is(err, raft.ErrProposalDropped) {
@@ -304,19 +349,82 @@ func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResu
 		return ApplyResult{}, err
 	}
 	r.mu.Unlock()
-	r.store.metrics.proposalsPending.Inc()
 	r.store.enqueue(r.RangeID)
+	return r.waitProposal(ctx, cmd.Id, p)
+}
+
+// waitProposal waits for this node's proposal id to apply here.
+func (r *Replica) waitProposal(ctx context.Context, id uint64, p *proposal) (ApplyResult, error) {
+	r.store.metrics.proposalsPending.Inc()
+	defer r.store.metrics.proposalsPending.Dec()
 	select {
 	case res := <-p.ch:
-		r.store.metrics.proposalsPending.Dec()
 		return res, res.Err
 	case <-ctx.Done():
-		r.store.metrics.proposalsPending.Dec()
 		r.mu.Lock()
-		delete(r.proposals, cmd.Id)
+		delete(r.proposals, id)
 		r.mu.Unlock()
 		r.store.metrics.proposalsFailed.Inc()
 		return ApplyResult{}, ctx.Err()
+	}
+}
+
+// proposeForwarded stamps and proposes, as leader, a command another
+// node's replica forwarded (ProposeAnywhere), exactly as propose does this
+// node's own, except that nobody here waits for it. It returns a refusal
+// for the sender when it did not propose the command. The batch that
+// carried it has already raised this node's clock to the sender's, which
+// ran its clock round before sending (docs/revisions.md), so the stamp is
+// above every revision acknowledged before the request arrived there.
+func (r *Replica) proposeForwarded(fp *txnproto.ForwardedProposal, from uint64) *txnproto.ProposalRefusal {
+	cmd := &txnproto.Command{}
+	if err := proto.Unmarshal(fp.Command, cmd); err != nil || cmd.ProposerNode != from || cmd.Timestamp != 0 ||
+		(cmd.Put == nil && cmd.DeleteRange == nil && cmd.Txn == nil && cmd.Compact == nil) {
+		r.log.Warn("refusing a malformed forwarded proposal", zap.Uint64("from-node", from), zap.Error(err))
+		return &txnproto.ProposalRefusal{RangeId: r.RangeID, Id: cmd.Id}
+	}
+	refuse := func(leader uint64) *txnproto.ProposalRefusal {
+		r.store.metrics.proposalsFailed.Inc()
+		return &txnproto.ProposalRefusal{RangeId: r.RangeID, Id: cmd.Id, LeaderNode: leader}
+	}
+	r.mu.Lock()
+	if err := r.notLeaderLocked(); err != nil {
+		r.mu.Unlock()
+		var nl *NotLeaderError
+		errors.As(err, &nl)
+		return refuse(nl.LeaderNode)
+	}
+	if len(fp.Key) > 0 {
+		r.RecordRequest(fp.Key)
+	}
+	r.unquiesceLocked()
+	cmd.Timestamp = r.store.cfg.Clock.Now()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		r.mu.Unlock()
+		return refuse(0)
+	}
+	pk := proposalKey{node: from, id: cmd.Id}
+	r.inflight[pk] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
+	if err := r.raw.Propose(data); err != nil {
+		delete(r.inflight, pk)
+		r.mu.Unlock()
+		return refuse(0)
+	}
+	r.mu.Unlock()
+	r.store.enqueue(r.RangeID)
+	return nil
+}
+
+// refuseProposal fails this node's forwarded proposal id: its leader did
+// not propose it.
+func (r *Replica) refuseProposal(id, leader uint64) {
+	r.mu.Lock()
+	p, ok := r.proposals[id]
+	delete(r.proposals, id)
+	r.mu.Unlock()
+	if ok {
+		p.ch <- ApplyResult{Err: &NotLeaderError{RangeID: r.RangeID, LeaderNode: leader}}
 	}
 }
 
@@ -492,7 +600,7 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		}
 		return txns
 	}
-	var appliedIDs []uint64
+	var appliedIDs []proposalKey
 	var splits []*txnproto.RangeDescriptor
 
 	type delivery struct {
@@ -590,8 +698,8 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			res.Response = ta.resp
 			if cmd.ProposerNode == r.store.cfg.NodeID {
 				deliveries = append(deliveries, delivery{id: cmd.Id, res: res})
-				appliedIDs = append(appliedIDs, cmd.Id)
 			}
+			appliedIDs = append(appliedIDs, proposalKey{node: cmd.ProposerNode, id: cmd.Id})
 			continue
 		case cmd.Split != nil:
 			var rhsStats kvstore.Stats
@@ -637,8 +745,8 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 		}
 		if cmd.ProposerNode == r.store.cfg.NodeID {
 			deliveries = append(deliveries, delivery{id: cmd.Id, res: res})
-			appliedIDs = append(appliedIDs, cmd.Id)
 		}
+		appliedIDs = append(appliedIDs, proposalKey{node: cmd.ProposerNode, id: cmd.Id})
 	}
 	r.mu.Lock()
 	stats := r.stats
@@ -1067,4 +1175,24 @@ func (r *Replica) Initialized() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.initializedLocked()
+}
+
+// forwardedID returns the command ID of a forwarded proposal (0 if it
+// does not decode).
+func forwardedID(fp *txnproto.ForwardedProposal) uint64 {
+	cmd := &txnproto.Command{}
+	if proto.Unmarshal(fp.Command, cmd) != nil {
+		return 0
+	}
+	return cmd.Id
+}
+
+// refuseUnsent fails this node's forwarded proposals that never left it
+// (the stream to their leader could not be opened).
+func (s *Store) refuseUnsent(proposals []*txnproto.ForwardedProposal) {
+	for _, fp := range proposals {
+		if r := s.Replica(fp.RangeId); r != nil {
+			r.refuseProposal(forwardedID(fp), 0)
+		}
+	}
 }

@@ -233,7 +233,7 @@ func (s *Store) loadReplicaAs(from pebble.Reader, desc *txnproto.RangeDescriptor
 		keyspace:      ks,
 		stats:         stats,
 		proposals:     map[uint64]*proposal{},
-		inflight:      map[uint64]inflightProposal{},
+		inflight:      map[proposalKey]inflightProposal{},
 		evidence:      map[uint64]clockEvidence{},
 		peerNodes:     map[uint64]uint64{},
 		inflightReads: map[string][]*readWaiter{},

@@ -60,6 +60,10 @@ type outgoing struct {
 	// the receiver's (idlegroups.go).
 	idle     []*txnproto.IdleGroupUpdate
 	idleLost bool
+	// proposals are client writes for ranges the receiver leads
+	// (Replica.ProposeAnywhere); refusals answer the receiver's.
+	proposals []*txnproto.ForwardedProposal
+	refusals  []*txnproto.ProposalRefusal
 }
 
 // PeerConnectParams bound gRPC's reconnect backoff between nodes. The
@@ -185,16 +189,21 @@ func raiseTo(v *atomic.Uint64, x uint64) bool {
 	}
 }
 
-func (t *Transport) enqueue(nodeID uint64, out outgoing) {
+// enqueue queues out for nodeID without blocking and reports whether it
+// did (false: the peer is unknown or its queue is full, and out is
+// dropped).
+func (t *Transport) enqueue(nodeID uint64, out outgoing) bool {
 	p, err := t.peer(nodeID)
 	if err != nil {
 		t.s.log.Warn("cannot resolve peer", zap.Uint64("node-id", nodeID), zap.Error(err))
-		return
+		return false
 	}
 	select {
 	case p.queue <- out:
+		return true
 	default:
 		t.s.metrics.droppedMessages.Add(float64(len(out.msgs)))
+		return false
 	}
 }
 
@@ -217,14 +226,17 @@ func (t *Transport) runPeer(p *peer) {
 		case out = <-p.queue:
 		}
 		msgs, produced, closed, idle, idleLost := out.msgs, out.produced, out.closed, out.idle, out.idleLost
+		proposals, refusals := out.proposals, out.refusals
 	drain:
-		for len(msgs) < 4096 {
+		for len(msgs)+len(proposals) < 4096 {
 			select {
 			case more := <-p.queue:
 				msgs = append(msgs, more.msgs...)
 				closed = append(closed, more.closed...)
 				idle = append(idle, more.idle...)
 				idleLost = idleLost || more.idleLost
+				proposals = append(proposals, more.proposals...)
+				refusals = append(refusals, more.refusals...)
 				// The oldest pass's stamp vouches for all the messages.
 				// (A pass without a stamp sent nothing that needs one.)
 				if len(more.msgs) > 0 && more.produced.stamp > 0 && (produced.stamp == 0 || more.produced.stamp < produced.stamp) {
@@ -246,6 +258,7 @@ func (t *Transport) runPeer(p *peer) {
 				// carry must queue another.
 				p.askQueued.Store(false)
 				t.unreachable(p.nodeID, msgs)
+				t.s.refuseUnsent(proposals)
 				t.sleep(backoff)
 				backoff = min(backoff*2, time.Second)
 				continue
@@ -277,6 +290,8 @@ func (t *Transport) runPeer(p *peer) {
 			ClockEcho:         echo,
 			IdleGroups:        idle,
 			IdleGroupsLost:    idleLost,
+			Proposals:         proposals,
+			ProposalRefusals:  refusals,
 		}
 		if err := stream.Send(batch); err != nil {
 			// Find out why (a rejected cluster ID comes back as the
@@ -430,6 +445,27 @@ func (t *Transport) handleBatch(batch *txnproto.RaftMessageBatch) {
 	}
 	if len(batch.IdleGroups) > 0 {
 		t.s.idle.apply(t.s, batch.FromNode, batch.IdleGroups)
+	}
+	// Forwarded proposals after the clock update above: the sender's
+	// clock round is in the batch's timestamp (Replica.proposeForwarded).
+	var refusals []*txnproto.ProposalRefusal
+	for _, fp := range batch.Proposals {
+		r := t.s.Replica(fp.RangeId)
+		if r == nil {
+			refusals = append(refusals, &txnproto.ProposalRefusal{RangeId: fp.RangeId, Id: forwardedID(fp)})
+			continue
+		}
+		if ref := r.proposeForwarded(fp, batch.FromNode); ref != nil {
+			refusals = append(refusals, ref)
+		}
+	}
+	if len(refusals) > 0 {
+		t.enqueue(batch.FromNode, outgoing{refusals: refusals})
+	}
+	for _, ref := range batch.ProposalRefusals {
+		if r := t.s.Replica(ref.RangeId); r != nil {
+			r.refuseProposal(ref.Id, ref.LeaderNode)
+		}
 	}
 	// Every close first, then the pokes (see publishClosed).
 	var moved []*Replica

@@ -1896,8 +1896,17 @@ type RaftMessageBatch struct {
 	// idle_groups_lost asks the receiver to dissolve its idle groups that
 	// include the sender: an update of theirs was lost.
 	IdleGroupsLost bool `protobuf:"varint,14,opt,name=idle_groups_lost,json=idleGroupsLost,proto3" json:"idle_groups_lost,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// proposals are client writes the sender received for ranges the
+	// receiver leads, handed to their leader inside the raft stream as etcd
+	// followers hand theirs in MsgProp (docs/revisions.md, "Writes through
+	// a follower"). The receiver stamps and proposes each, or refuses it in
+	// proposal_refusals.
+	Proposals []*ForwardedProposal `protobuf:"bytes,15,rep,name=proposals,proto3" json:"proposals,omitempty"`
+	// proposal_refusals answers proposals the receiver sent and this node
+	// did not propose: each is known not to have entered the raft log.
+	ProposalRefusals []*ProposalRefusal `protobuf:"bytes,16,rep,name=proposal_refusals,json=proposalRefusals,proto3" json:"proposal_refusals,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RaftMessageBatch) Reset() {
@@ -2028,6 +2037,148 @@ func (x *RaftMessageBatch) GetIdleGroupsLost() bool {
 	return false
 }
 
+func (x *RaftMessageBatch) GetProposals() []*ForwardedProposal {
+	if x != nil {
+		return x.Proposals
+	}
+	return nil
+}
+
+func (x *RaftMessageBatch) GetProposalRefusals() []*ProposalRefusal {
+	if x != nil {
+		return x.ProposalRefusals
+	}
+	return nil
+}
+
+// ForwardedProposal is a Command a follower's node hands to its range's
+// leader. The command carries the follower's proposer_node and id and no
+// timestamp: the leader stamps it.
+type ForwardedProposal struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Command []byte                 `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	// key is the request's first key, for the leader's load statistics
+	// (load-based splitting); empty when it has none.
+	Key           []byte `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardedProposal) Reset() {
+	*x = ForwardedProposal{}
+	mi := &file_rangekv_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardedProposal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardedProposal) ProtoMessage() {}
+
+func (x *ForwardedProposal) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardedProposal.ProtoReflect.Descriptor instead.
+func (*ForwardedProposal) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ForwardedProposal) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *ForwardedProposal) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *ForwardedProposal) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// ProposalRefusal tells a proposer that the command it forwarded, by id,
+// was not proposed: the receiver does not lead range_id (leader_node is
+// the leader it knows, 0 if none) or raft dropped the proposal.
+type ProposalRefusal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	LeaderNode    uint64                 `protobuf:"varint,3,opt,name=leader_node,json=leaderNode,proto3" json:"leader_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposalRefusal) Reset() {
+	*x = ProposalRefusal{}
+	mi := &file_rangekv_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposalRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposalRefusal) ProtoMessage() {}
+
+func (x *ProposalRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_rangekv_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposalRefusal.ProtoReflect.Descriptor instead.
+func (*ProposalRefusal) Descriptor() ([]byte, []int) {
+	return file_rangekv_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ProposalRefusal) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *ProposalRefusal) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ProposalRefusal) GetLeaderNode() uint64 {
+	if x != nil {
+		return x.LeaderNode
+	}
+	return 0
+}
+
 // IdleGroupUpdate is one change to a leader node's idle group, as seen by
 // one follower node: leaves, then joins, then the group's new closed
 // timestamp (docs/closed-timestamps.md, "Idle groups").
@@ -2051,7 +2202,7 @@ type IdleGroupUpdate struct {
 
 func (x *IdleGroupUpdate) Reset() {
 	*x = IdleGroupUpdate{}
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2214,7 @@ func (x *IdleGroupUpdate) String() string {
 func (*IdleGroupUpdate) ProtoMessage() {}
 
 func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[26]
+	mi := &file_rangekv_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2227,7 @@ func (x *IdleGroupUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleGroupUpdate.ProtoReflect.Descriptor instead.
 func (*IdleGroupUpdate) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{26}
+	return file_rangekv_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *IdleGroupUpdate) GetGroupId() uint64 {
@@ -2132,7 +2283,7 @@ type IdleGroupJoin struct {
 
 func (x *IdleGroupJoin) Reset() {
 	*x = IdleGroupJoin{}
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2295,7 @@ func (x *IdleGroupJoin) String() string {
 func (*IdleGroupJoin) ProtoMessage() {}
 
 func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[27]
+	mi := &file_rangekv_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2308,7 @@ func (x *IdleGroupJoin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdleGroupJoin.ProtoReflect.Descriptor instead.
 func (*IdleGroupJoin) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{27}
+	return file_rangekv_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *IdleGroupJoin) GetRangeId() uint64 {
@@ -2189,7 +2340,7 @@ type ClosedTimestamp struct {
 
 func (x *ClosedTimestamp) Reset() {
 	*x = ClosedTimestamp{}
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2352,7 @@ func (x *ClosedTimestamp) String() string {
 func (*ClosedTimestamp) ProtoMessage() {}
 
 func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[28]
+	mi := &file_rangekv_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2365,7 @@ func (x *ClosedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClosedTimestamp.ProtoReflect.Descriptor instead.
 func (*ClosedTimestamp) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{28}
+	return file_rangekv_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ClosedTimestamp) GetRangeId() uint64 {
@@ -2247,7 +2398,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2410,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[29]
+	mi := &file_rangekv_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2423,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{29}
+	return file_rangekv_proto_rawDescGZIP(), []int{31}
 }
 
 // KeyValue is one raw engine key and value in a snapshot stream.
@@ -2286,7 +2437,7 @@ type KeyValue struct {
 
 func (x *KeyValue) Reset() {
 	*x = KeyValue{}
-	mi := &file_rangekv_proto_msgTypes[30]
+	mi := &file_rangekv_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2449,7 @@ func (x *KeyValue) String() string {
 func (*KeyValue) ProtoMessage() {}
 
 func (x *KeyValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[30]
+	mi := &file_rangekv_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2462,7 @@ func (x *KeyValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyValue.ProtoReflect.Descriptor instead.
 func (*KeyValue) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{30}
+	return file_rangekv_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KeyValue) GetKey() []byte {
@@ -2350,7 +2501,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_rangekv_proto_msgTypes[31]
+	mi := &file_rangekv_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2362,7 +2513,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[31]
+	mi := &file_rangekv_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2375,7 +2526,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{31}
+	return file_rangekv_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SnapshotChunk) GetClusterId() uint64 {
@@ -2459,7 +2610,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_rangekv_proto_msgTypes[32]
+	mi := &file_rangekv_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +2622,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[32]
+	mi := &file_rangekv_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2635,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{32}
+	return file_rangekv_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SnapshotResponse) GetApplied() bool {
@@ -2520,7 +2671,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_rangekv_proto_msgTypes[33]
+	mi := &file_rangekv_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2683,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[33]
+	mi := &file_rangekv_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2696,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{33}
+	return file_rangekv_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -2619,7 +2770,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_rangekv_proto_msgTypes[34]
+	mi := &file_rangekv_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2631,7 +2782,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[34]
+	mi := &file_rangekv_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2644,7 +2795,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{34}
+	return file_rangekv_proto_rawDescGZIP(), []int{36}
 }
 
 type ListRangesResponse struct {
@@ -2656,7 +2807,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_rangekv_proto_msgTypes[35]
+	mi := &file_rangekv_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +2819,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[35]
+	mi := &file_rangekv_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2832,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{35}
+	return file_rangekv_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -2700,7 +2851,7 @@ type RangeForKeyRequest struct {
 
 func (x *RangeForKeyRequest) Reset() {
 	*x = RangeForKeyRequest{}
-	mi := &file_rangekv_proto_msgTypes[36]
+	mi := &file_rangekv_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2863,7 @@ func (x *RangeForKeyRequest) String() string {
 func (*RangeForKeyRequest) ProtoMessage() {}
 
 func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[36]
+	mi := &file_rangekv_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2876,7 @@ func (x *RangeForKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeForKeyRequest.ProtoReflect.Descriptor instead.
 func (*RangeForKeyRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{36}
+	return file_rangekv_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RangeForKeyRequest) GetKey() []byte {
@@ -2744,7 +2895,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[37]
+	mi := &file_rangekv_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2907,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[37]
+	mi := &file_rangekv_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2920,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{37}
+	return file_rangekv_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SplitRangeRequest) GetKey() []byte {
@@ -2789,7 +2940,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[38]
+	mi := &file_rangekv_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2952,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[38]
+	mi := &file_rangekv_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2965,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{38}
+	return file_rangekv_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -2839,7 +2990,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rangekv_proto_msgTypes[39]
+	mi := &file_rangekv_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +3002,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[39]
+	mi := &file_rangekv_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +3015,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{39}
+	return file_rangekv_proto_rawDescGZIP(), []int{41}
 }
 
 // NodeInfo is a node with what it carries.
@@ -2879,7 +3030,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_rangekv_proto_msgTypes[40]
+	mi := &file_rangekv_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2891,7 +3042,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[40]
+	mi := &file_rangekv_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2904,7 +3055,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{40}
+	return file_rangekv_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NodeInfo) GetMember() *Member {
@@ -2937,7 +3088,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rangekv_proto_msgTypes[41]
+	mi := &file_rangekv_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2949,7 +3100,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[41]
+	mi := &file_rangekv_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2962,7 +3113,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{41}
+	return file_rangekv_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -2982,7 +3133,7 @@ type CloseRangeRequest struct {
 
 func (x *CloseRangeRequest) Reset() {
 	*x = CloseRangeRequest{}
-	mi := &file_rangekv_proto_msgTypes[42]
+	mi := &file_rangekv_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3145,7 @@ func (x *CloseRangeRequest) String() string {
 func (*CloseRangeRequest) ProtoMessage() {}
 
 func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[42]
+	mi := &file_rangekv_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3158,7 @@ func (x *CloseRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeRequest.ProtoReflect.Descriptor instead.
 func (*CloseRangeRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{42}
+	return file_rangekv_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CloseRangeRequest) GetRangeId() uint64 {
@@ -3033,7 +3184,7 @@ type CloseRangeResponse struct {
 
 func (x *CloseRangeResponse) Reset() {
 	*x = CloseRangeResponse{}
-	mi := &file_rangekv_proto_msgTypes[43]
+	mi := &file_rangekv_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3045,7 +3196,7 @@ func (x *CloseRangeResponse) String() string {
 func (*CloseRangeResponse) ProtoMessage() {}
 
 func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[43]
+	mi := &file_rangekv_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3058,7 +3209,7 @@ func (x *CloseRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRangeResponse.ProtoReflect.Descriptor instead.
 func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{43}
+	return file_rangekv_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CloseRangeResponse) GetReadableRevision() int64 {
@@ -3081,7 +3232,7 @@ type MoveLeaderRequest struct {
 
 func (x *MoveLeaderRequest) Reset() {
 	*x = MoveLeaderRequest{}
-	mi := &file_rangekv_proto_msgTypes[44]
+	mi := &file_rangekv_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3093,7 +3244,7 @@ func (x *MoveLeaderRequest) String() string {
 func (*MoveLeaderRequest) ProtoMessage() {}
 
 func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[44]
+	mi := &file_rangekv_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3106,7 +3257,7 @@ func (x *MoveLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderRequest.ProtoReflect.Descriptor instead.
 func (*MoveLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{44}
+	return file_rangekv_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *MoveLeaderRequest) GetKey() []byte {
@@ -3139,7 +3290,7 @@ type MoveLeaderResponse struct {
 
 func (x *MoveLeaderResponse) Reset() {
 	*x = MoveLeaderResponse{}
-	mi := &file_rangekv_proto_msgTypes[45]
+	mi := &file_rangekv_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3151,7 +3302,7 @@ func (x *MoveLeaderResponse) String() string {
 func (*MoveLeaderResponse) ProtoMessage() {}
 
 func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rangekv_proto_msgTypes[45]
+	mi := &file_rangekv_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3164,7 +3315,7 @@ func (x *MoveLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveLeaderResponse.ProtoReflect.Descriptor instead.
 func (*MoveLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_rangekv_proto_rawDescGZIP(), []int{45}
+	return file_rangekv_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *MoveLeaderResponse) GetRange() *RangeInfo {
@@ -3309,7 +3460,7 @@ const file_rangekv_proto_rawDesc = "" +
 	"\vRaftMessage\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\x12\x18\n" +
-	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xc9\x04\n" +
+	"\aquiesce\x18\x03 \x01(\bR\aquiesce\"\xdc\x05\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1b\n" +
@@ -3331,7 +3482,18 @@ const file_rangekv_proto_rawDesc = "" +
 	"clock_echo\x18\f \x01(\x04R\tclockEcho\x12B\n" +
 	"\vidle_groups\x18\r \x03(\v2!.rangekv.txnproto.IdleGroupUpdateR\n" +
 	"idleGroups\x12(\n" +
-	"\x10idle_groups_lost\x18\x0e \x01(\bR\x0eidleGroupsLost\"\xc3\x01\n" +
+	"\x10idle_groups_lost\x18\x0e \x01(\bR\x0eidleGroupsLost\x12A\n" +
+	"\tproposals\x18\x0f \x03(\v2#.rangekv.txnproto.ForwardedProposalR\tproposals\x12N\n" +
+	"\x11proposal_refusals\x18\x10 \x03(\v2!.rangekv.txnproto.ProposalRefusalR\x10proposalRefusals\"Z\n" +
+	"\x11ForwardedProposal\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\fR\acommand\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\"]\n" +
+	"\x0fProposalRefusal\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1f\n" +
+	"\vleader_node\x18\x03 \x01(\x04R\n" +
+	"leaderNode\"\xc3\x01\n" +
 	"\x0fIdleGroupUpdate\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
@@ -3449,7 +3611,7 @@ func file_rangekv_proto_rawDescGZIP() []byte {
 }
 
 var file_rangekv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_rangekv_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_rangekv_proto_goTypes = []any{
 	(ReplicaType)(0),           // 0: rangekv.txnproto.ReplicaType
 	(TxnStatus)(0),             // 1: rangekv.txnproto.TxnStatus
@@ -3479,26 +3641,28 @@ var file_rangekv_proto_goTypes = []any{
 	(*TxnCommandResponse)(nil), // 25: rangekv.txnproto.TxnCommandResponse
 	(*RaftMessage)(nil),        // 26: rangekv.txnproto.RaftMessage
 	(*RaftMessageBatch)(nil),   // 27: rangekv.txnproto.RaftMessageBatch
-	(*IdleGroupUpdate)(nil),    // 28: rangekv.txnproto.IdleGroupUpdate
-	(*IdleGroupJoin)(nil),      // 29: rangekv.txnproto.IdleGroupJoin
-	(*ClosedTimestamp)(nil),    // 30: rangekv.txnproto.ClosedTimestamp
-	(*BatchAck)(nil),           // 31: rangekv.txnproto.BatchAck
-	(*KeyValue)(nil),           // 32: rangekv.txnproto.KeyValue
-	(*SnapshotChunk)(nil),      // 33: rangekv.txnproto.SnapshotChunk
-	(*SnapshotResponse)(nil),   // 34: rangekv.txnproto.SnapshotResponse
-	(*RangeInfo)(nil),          // 35: rangekv.txnproto.RangeInfo
-	(*ListRangesRequest)(nil),  // 36: rangekv.txnproto.ListRangesRequest
-	(*ListRangesResponse)(nil), // 37: rangekv.txnproto.ListRangesResponse
-	(*RangeForKeyRequest)(nil), // 38: rangekv.txnproto.RangeForKeyRequest
-	(*SplitRangeRequest)(nil),  // 39: rangekv.txnproto.SplitRangeRequest
-	(*SplitRangeResponse)(nil), // 40: rangekv.txnproto.SplitRangeResponse
-	(*ListNodesRequest)(nil),   // 41: rangekv.txnproto.ListNodesRequest
-	(*NodeInfo)(nil),           // 42: rangekv.txnproto.NodeInfo
-	(*ListNodesResponse)(nil),  // 43: rangekv.txnproto.ListNodesResponse
-	(*CloseRangeRequest)(nil),  // 44: rangekv.txnproto.CloseRangeRequest
-	(*CloseRangeResponse)(nil), // 45: rangekv.txnproto.CloseRangeResponse
-	(*MoveLeaderRequest)(nil),  // 46: rangekv.txnproto.MoveLeaderRequest
-	(*MoveLeaderResponse)(nil), // 47: rangekv.txnproto.MoveLeaderResponse
+	(*ForwardedProposal)(nil),  // 28: rangekv.txnproto.ForwardedProposal
+	(*ProposalRefusal)(nil),    // 29: rangekv.txnproto.ProposalRefusal
+	(*IdleGroupUpdate)(nil),    // 30: rangekv.txnproto.IdleGroupUpdate
+	(*IdleGroupJoin)(nil),      // 31: rangekv.txnproto.IdleGroupJoin
+	(*ClosedTimestamp)(nil),    // 32: rangekv.txnproto.ClosedTimestamp
+	(*BatchAck)(nil),           // 33: rangekv.txnproto.BatchAck
+	(*KeyValue)(nil),           // 34: rangekv.txnproto.KeyValue
+	(*SnapshotChunk)(nil),      // 35: rangekv.txnproto.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 36: rangekv.txnproto.SnapshotResponse
+	(*RangeInfo)(nil),          // 37: rangekv.txnproto.RangeInfo
+	(*ListRangesRequest)(nil),  // 38: rangekv.txnproto.ListRangesRequest
+	(*ListRangesResponse)(nil), // 39: rangekv.txnproto.ListRangesResponse
+	(*RangeForKeyRequest)(nil), // 40: rangekv.txnproto.RangeForKeyRequest
+	(*SplitRangeRequest)(nil),  // 41: rangekv.txnproto.SplitRangeRequest
+	(*SplitRangeResponse)(nil), // 42: rangekv.txnproto.SplitRangeResponse
+	(*ListNodesRequest)(nil),   // 43: rangekv.txnproto.ListNodesRequest
+	(*NodeInfo)(nil),           // 44: rangekv.txnproto.NodeInfo
+	(*ListNodesResponse)(nil),  // 45: rangekv.txnproto.ListNodesResponse
+	(*CloseRangeRequest)(nil),  // 46: rangekv.txnproto.CloseRangeRequest
+	(*CloseRangeResponse)(nil), // 47: rangekv.txnproto.CloseRangeResponse
+	(*MoveLeaderRequest)(nil),  // 48: rangekv.txnproto.MoveLeaderRequest
+	(*MoveLeaderResponse)(nil), // 49: rangekv.txnproto.MoveLeaderResponse
 }
 var file_rangekv_proto_depIdxs = []int32{
 	0,  // 0: rangekv.txnproto.ReplicaDescriptor.type:type_name -> rangekv.txnproto.ReplicaType
@@ -3528,42 +3692,44 @@ var file_rangekv_proto_depIdxs = []int32{
 	11, // 24: rangekv.txnproto.TxnCommandRequest.command:type_name -> rangekv.txnproto.Command
 	23, // 25: rangekv.txnproto.TxnCommandResponse.result:type_name -> rangekv.txnproto.TxnCommandResult
 	26, // 26: rangekv.txnproto.RaftMessageBatch.messages:type_name -> rangekv.txnproto.RaftMessage
-	30, // 27: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
-	28, // 28: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
-	29, // 29: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
-	6,  // 30: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
-	3,  // 31: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
-	32, // 32: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
-	2,  // 33: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
-	35, // 34: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
-	35, // 35: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
-	35, // 36: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
-	4,  // 37: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
-	42, // 38: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
-	35, // 39: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
-	24, // 40: rangekv.txnproto.TxnService.TxnCommand:input_type -> rangekv.txnproto.TxnCommandRequest
-	27, // 41: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
-	33, // 42: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
-	36, // 43: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
-	38, // 44: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
-	39, // 45: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
-	41, // 46: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
-	44, // 47: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
-	46, // 48: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
-	25, // 49: rangekv.txnproto.TxnService.TxnCommand:output_type -> rangekv.txnproto.TxnCommandResponse
-	31, // 50: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
-	34, // 51: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
-	37, // 52: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
-	35, // 53: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
-	40, // 54: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
-	43, // 55: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
-	45, // 56: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
-	47, // 57: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
-	49, // [49:58] is the sub-list for method output_type
-	40, // [40:49] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	32, // 27: rangekv.txnproto.RaftMessageBatch.closed:type_name -> rangekv.txnproto.ClosedTimestamp
+	30, // 28: rangekv.txnproto.RaftMessageBatch.idle_groups:type_name -> rangekv.txnproto.IdleGroupUpdate
+	28, // 29: rangekv.txnproto.RaftMessageBatch.proposals:type_name -> rangekv.txnproto.ForwardedProposal
+	29, // 30: rangekv.txnproto.RaftMessageBatch.proposal_refusals:type_name -> rangekv.txnproto.ProposalRefusal
+	31, // 31: rangekv.txnproto.IdleGroupUpdate.joins:type_name -> rangekv.txnproto.IdleGroupJoin
+	6,  // 32: rangekv.txnproto.SnapshotChunk.applied_state:type_name -> rangekv.txnproto.AppliedState
+	3,  // 33: rangekv.txnproto.SnapshotChunk.descriptor:type_name -> rangekv.txnproto.RangeDescriptor
+	34, // 34: rangekv.txnproto.SnapshotChunk.kvs:type_name -> rangekv.txnproto.KeyValue
+	2,  // 35: rangekv.txnproto.RangeInfo.replicas:type_name -> rangekv.txnproto.ReplicaDescriptor
+	37, // 36: rangekv.txnproto.ListRangesResponse.ranges:type_name -> rangekv.txnproto.RangeInfo
+	37, // 37: rangekv.txnproto.SplitRangeResponse.left:type_name -> rangekv.txnproto.RangeInfo
+	37, // 38: rangekv.txnproto.SplitRangeResponse.right:type_name -> rangekv.txnproto.RangeInfo
+	4,  // 39: rangekv.txnproto.NodeInfo.member:type_name -> rangekv.txnproto.Member
+	44, // 40: rangekv.txnproto.ListNodesResponse.nodes:type_name -> rangekv.txnproto.NodeInfo
+	37, // 41: rangekv.txnproto.MoveLeaderResponse.range:type_name -> rangekv.txnproto.RangeInfo
+	24, // 42: rangekv.txnproto.TxnService.TxnCommand:input_type -> rangekv.txnproto.TxnCommandRequest
+	27, // 43: rangekv.txnproto.RaftTransport.RaftBatches:input_type -> rangekv.txnproto.RaftMessageBatch
+	35, // 44: rangekv.txnproto.RaftTransport.Snapshot:input_type -> rangekv.txnproto.SnapshotChunk
+	38, // 45: rangekv.txnproto.Ranges.ListRanges:input_type -> rangekv.txnproto.ListRangesRequest
+	40, // 46: rangekv.txnproto.Ranges.RangeForKey:input_type -> rangekv.txnproto.RangeForKeyRequest
+	41, // 47: rangekv.txnproto.Ranges.SplitRange:input_type -> rangekv.txnproto.SplitRangeRequest
+	43, // 48: rangekv.txnproto.Ranges.ListNodes:input_type -> rangekv.txnproto.ListNodesRequest
+	46, // 49: rangekv.txnproto.Ranges.CloseRange:input_type -> rangekv.txnproto.CloseRangeRequest
+	48, // 50: rangekv.txnproto.Ranges.MoveLeader:input_type -> rangekv.txnproto.MoveLeaderRequest
+	25, // 51: rangekv.txnproto.TxnService.TxnCommand:output_type -> rangekv.txnproto.TxnCommandResponse
+	33, // 52: rangekv.txnproto.RaftTransport.RaftBatches:output_type -> rangekv.txnproto.BatchAck
+	36, // 53: rangekv.txnproto.RaftTransport.Snapshot:output_type -> rangekv.txnproto.SnapshotResponse
+	39, // 54: rangekv.txnproto.Ranges.ListRanges:output_type -> rangekv.txnproto.ListRangesResponse
+	37, // 55: rangekv.txnproto.Ranges.RangeForKey:output_type -> rangekv.txnproto.RangeInfo
+	42, // 56: rangekv.txnproto.Ranges.SplitRange:output_type -> rangekv.txnproto.SplitRangeResponse
+	45, // 57: rangekv.txnproto.Ranges.ListNodes:output_type -> rangekv.txnproto.ListNodesResponse
+	47, // 58: rangekv.txnproto.Ranges.CloseRange:output_type -> rangekv.txnproto.CloseRangeResponse
+	49, // 59: rangekv.txnproto.Ranges.MoveLeader:output_type -> rangekv.txnproto.MoveLeaderResponse
+	51, // [51:60] is the sub-list for method output_type
+	42, // [42:51] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_rangekv_proto_init() }
@@ -3577,7 +3743,7 @@ func file_rangekv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rangekv_proto_rawDesc), len(file_rangekv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
