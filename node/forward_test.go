@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,18 +32,23 @@ func (c *testCluster) userLeader() *testMember {
 	return lead
 }
 
-// forwardedProposals reads a node's rangekv_proposals_forwarded_total.
-func forwardedProposals(t *testing.T, n *Node) float64 {
+// counter reads a counter of a node's registry.
+func counter(t *testing.T, n *Node, name string) float64 {
 	t.Helper()
 	mfs, err := n.reg.Gather()
 	require.NoError(t, err)
 	for _, mf := range mfs {
-		if mf.GetName() == "rangekv_proposals_forwarded_total" {
+		if mf.GetName() == name {
 			return mf.GetMetric()[0].GetCounter().GetValue()
 		}
 	}
-	t.Fatal("no rangekv_proposals_forwarded_total metric")
+	t.Fatalf("no %s metric", name)
 	return 0
+}
+
+// forwardedProposals reads a node's rangekv_proposals_forwarded_total.
+func forwardedProposals(t *testing.T, n *Node) float64 {
+	return counter(t, n, "rangekv_proposals_forwarded_total")
 }
 
 // TestFollowerWritesThroughRaftStream checks writes a follower receives:
@@ -146,5 +153,81 @@ func TestFollowerWritesThroughRaftStream(t *testing.T) {
 	}
 	for key := range acked {
 		require.True(t, present[key], "acknowledged write %s lost", key)
+	}
+}
+
+// TestFollowerLinearizableReads reads one key linearizably through both
+// followers, from many clients at once (so that reads share closes),
+// while the leader writes increasing values to it: every read returns a
+// value at least as new as the last write acknowledged before the read
+// began, answered by the follower itself.
+func TestFollowerLinearizableReads(t *testing.T) {
+	c := newTestCluster(t, 3)
+	lead := c.userLeader()
+	ctx := ctxT(t, 2*testWait)
+	_, err := lead.client.Put(ctx, "lin", "0")
+	require.NoError(t, err)
+
+	var acked atomic.Int64
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		for i := int64(1); ; i++ {
+			select {
+			case <-stop:
+				writerDone <- nil
+				return
+			default:
+			}
+			if _, err := lead.client.Put(ctx, "lin", strconv.FormatInt(i, 10)); err != nil {
+				writerDone <- err
+				return
+			}
+			acked.Store(i)
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	const readers, reads = 16, 25
+	servedBefore := map[string]float64{}
+	for _, f := range c.followers(lead) {
+		servedBefore[f.name] = counter(t, f.node(), "rangekv_follower_linearizable_reads_total")
+	}
+	for _, f := range c.followers(lead) {
+		for range readers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range reads {
+					before := acked.Load()
+					resp, err := f.client.Get(ctx, "lin")
+					if err != nil {
+						errs <- err
+						return
+					}
+					got, _ := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64)
+					if got < before || resp.Header.MemberId != f.id() {
+						errs <- fmt.Errorf("read through %s returned %d (member %x) after write %d was acknowledged", f.name, got, resp.Header.MemberId, before)
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(stop)
+	require.NoError(t, <-writerDone)
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Positive(t, acked.Load())
+	// Served on the followers after closes, not forwarded to the leader.
+	for _, f := range c.followers(lead) {
+		served := counter(t, f.node(), "rangekv_follower_linearizable_reads_total") - servedBefore[f.name]
+		closes := counter(t, f.node(), "rangekv_follower_read_closes_total")
+		require.Equal(t, float64(readers*reads), served, "reads through %s", f.name)
+		require.Positive(t, closes)
+		t.Logf("%s: %v reads shared %v closes", f.name, served, closes)
 	}
 }

@@ -206,37 +206,60 @@ func installForwardedClose(n *Node, rangeID uint64, md metadata.MD) {
 	}
 }
 
-// prepareRead readies the leader r of a linearizable read's range to
-// serve it (docs/revisions.md, "Real-time order across ranges"): raft's
-// ReadIndex confirms leadership and waits for the commit index to apply
-// (raft thesis §6.4), while a clock round brings this node's clock past
-// every revision acknowledged before the read arrived; the range is then
-// closed at the round's reading, so the read's header revision is at
-// least every such revision. A requested revision rev above the reading
-// is etcd's future revision unless the range is readable there.
-func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64) error {
-	if err := r.CheckLeader(); err != nil {
-		return err // no round for a follower, which forwards
+// prepareRead readies r to serve a linearizable read
+// (docs/revisions.md, "Real-time order across ranges"). On the leader,
+// raft's ReadIndex confirms leadership and waits for the commit index to
+// apply (raft thesis §6.4), while a clock round brings this node's clock
+// past every revision acknowledged before the read arrived; the range is
+// then closed at the round's reading, so the read's header revision is at
+// least every such revision. On a follower, when follower is set, the
+// leader does the same for a batch of reads (closeForRead) and the
+// follower waits until it has applied as far ("Linearizable reads on a
+// follower"); otherwise a follower returns *rangeraft.NotLeaderError. A
+// requested revision rev above the reading is etcd's future revision
+// unless the range is readable there. It returns the leader a follower
+// asked (0 on the leader), for the route hint.
+func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64, follower bool) (leader uint64, err error) {
+	leaderErr := r.CheckLeader()
+	var nl *rangeraft.NotLeaderError
+	if leaderErr != nil && (!follower || !errors.As(leaderErr, &nl) || nl.LeaderNode == 0) {
+		return 0, leaderErr // no round for a follower that cannot ask its leader
 	}
 	round := n.store.StartClockRound()
-	if err := r.ReadIndex(ctx); err != nil {
-		round.Cancel()
-		return err
+	if leaderErr == nil {
+		if err := r.ReadIndex(ctx); err != nil {
+			round.Cancel()
+			return 0, err
+		}
 	}
 	target, err := round.Wait(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if rev > target {
 		// Every revision acknowledged before the read arrived is at or
 		// below target; a later one is a future revision, as in etcd,
 		// unless the range is readable there already.
 		if rev > r.ReadableRevision() {
-			return rpctypes.ErrGRPCFutureRev
+			return 0, rpctypes.ErrGRPCFutureRev
 		}
-		return nil
+		if leaderErr == nil {
+			return 0, nil
+		}
 	}
-	return r.CloseAt(ctx, target)
+	if leaderErr == nil {
+		return 0, r.CloseAt(ctx, target)
+	}
+	if err := n.closeForRead(ctx, r, target); err != nil {
+		if rpctypes.ErrorDesc(err) == rpctypes.ErrorDesc(rpctypes.ErrGRPCFutureRev) {
+			// The leader will not close at this node's reading: a clock
+			// it heard runs further ahead of the leader's than
+			// --max-clock-offset. The leader serves the read itself.
+			return 0, nl
+		}
+		return 0, err
+	}
+	return nl.LeaderNode, r.WaitReadable(ctx, target)
 }
 
 // retryableForward reports whether a forwarding error proves the request
@@ -407,12 +430,16 @@ func (s *kvServer) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeRe
 		}
 	} else {
 		resp, err = onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.RangeResponse, error) {
-			if err := s.n.prepareRead(ctx, r, req.Revision); err != nil {
+			leader, err := s.n.prepareRead(ctx, r, req.Revision, !s.peer)
+			if err != nil {
 				return nil, err
 			}
 			resp, err := s.n.readLocal(r, req)
 			if err != nil {
 				return nil, err
+			}
+			if leader != 0 {
+				s.setRouteHint(ctx, r, leader)
 			}
 			return resp, s.acknowledge(ctx, r, resp.Header)
 		}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.RangeResponse, error) {
@@ -547,12 +574,16 @@ func (s *kvServer) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse
 			}
 		} else {
 			resp, err = onLeader(ctx, s, route, true, func(ctx context.Context, r *rangeraft.Replica) (*pb.TxnResponse, error) {
-				if err := s.n.prepareRead(ctx, r, 0); err != nil {
+				leader, err := s.n.prepareRead(ctx, r, 0, !s.peer)
+				if err != nil {
 					return nil, err
 				}
 				resp, err := s.n.txnLocal(r, req)
 				if err != nil {
 					return nil, err
+				}
+				if leader != 0 {
+					s.setRouteHint(ctx, r, leader)
 				}
 				return resp, s.acknowledge(ctx, r, resp.Header)
 			}, func(ctx context.Context, cc grpc.ClientConnInterface) (*pb.TxnResponse, error) {

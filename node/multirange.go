@@ -364,6 +364,14 @@ func (n *Node) closeOnLeader(ctx context.Context, r *rangeraft.Replica, t int64)
 	if err != nil {
 		return 0, err
 	}
+	if resp.AppliedIndex > 0 {
+		// The leader's close, installed here at once rather than when
+		// the side channel brings it. The clock first: a node's readable
+		// revisions never pass its clock (rangeraft.Store.WaitClockQuorum
+		// counts this node at its clock).
+		_ = n.clock.Update(resp.ReadableRevision)
+		r.InstallClosed(resp.ReadableRevision, resp.AppliedIndex)
+	}
 	return resp.ReadableRevision, nil
 }
 
@@ -376,7 +384,8 @@ func closeLocal(ctx context.Context, r *rangeraft.Replica, t int64) (*txnproto.C
 	if err := r.CloseAt(ctx, t); err != nil {
 		return nil, err
 	}
-	return &txnproto.CloseRangeResponse{ReadableRevision: r.ReadableRevision()}, nil
+	rev, index := r.ClosedPromise()
+	return &txnproto.CloseRangeResponse{ReadableRevision: rev, AppliedIndex: index}, nil
 }
 
 // multiRangeTxn serves a read-only Txn whose keys lie in several ranges at

@@ -74,6 +74,9 @@ type Node struct {
 	// evalDB is the empty in-memory engine cross-range coordinators
 	// evaluate transactions over (evalEngine).
 	txnMetrics *txnMetrics
+	// readCloses batches the closes of linearizable reads on followers
+	// (followerread.go).
+	readCloses readCloses
 	evalOnce   sync.Once
 	evalDB     *pebble.DB
 	evalErr    error
@@ -135,6 +138,7 @@ func Start(cfg Config, lg *zap.Logger) (*Node, error) {
 	n.store = store
 	n.registerMetrics()
 	n.txnMetrics = newTxnMetrics(n.reg)
+	n.readCloses.init(n.reg)
 	if err := n.serve(); err != nil {
 		return nil, err
 	}

@@ -566,12 +566,16 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 
 	// A key the snapshot brought, rewritten after it: the follower applies
 	// it as the leader does (its presence set learned the snapshot's keys).
-	resp, err = lead.client.Put(ctx, "snap/001", "rewritten")
-	require.NoError(t, err)
-	want["snap/001"] = "rewritten"
-	lastRev = resp.Header.Revision
-	checkFollower("after rewriting a key the snapshot brought")
-	sameVersions(t, lead, f, "snap/")
+	rewrite := func(key, what string) {
+		t.Helper()
+		resp, err := lead.client.Put(ctx, key, "rewritten")
+		require.NoError(t, err)
+		want[key] = "rewritten"
+		lastRev = resp.Header.Revision
+		checkFollower(what)
+		sameVersions(t, lead, f, "snap/")
+	}
+	rewrite("snap/001", "after rewriting a key the snapshot brought")
 
 	// The snapshot's state survives a restart of the follower.
 	c.stop(f)
@@ -579,12 +583,7 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 	checkFollower("after restarting the follower")
 	c.waitReady()
 	// And after its restart, which loads its presence set from the engine.
-	resp, err = lead.client.Put(ctx, "snap/002", "rewritten")
-	require.NoError(t, err)
-	want["snap/002"] = "rewritten"
-	lastRev = resp.Header.Revision
-	checkFollower("after rewriting a key following the restart")
-	sameVersions(t, lead, f, "snap/")
+	rewrite("snap/002", "after rewriting a key following the restart")
 }
 
 // sameVersions checks that f serves every key under prefix with the

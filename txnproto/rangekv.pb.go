@@ -3178,8 +3178,12 @@ func (x *CloseRangeRequest) GetRevision() int64 {
 type CloseRangeResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	ReadableRevision int64                  `protobuf:"varint,1,opt,name=readable_revision,json=readableRevision,proto3" json:"readable_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// applied_index is the leader's applied index when it answered: a
+	// replica that has applied through it can serve readable_revision
+	// (installed as a side-channel close, rangeraft.Replica.InstallClosed).
+	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CloseRangeResponse) Reset() {
@@ -3215,6 +3219,13 @@ func (*CloseRangeResponse) Descriptor() ([]byte, []int) {
 func (x *CloseRangeResponse) GetReadableRevision() int64 {
 	if x != nil {
 		return x.ReadableRevision
+	}
+	return 0
+}
+
+func (x *CloseRangeResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
 	}
 	return 0
 }
@@ -3562,9 +3573,10 @@ const file_rangekv_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x1a.rangekv.txnproto.NodeInfoR\x05nodes\"J\n" +
 	"\x11CloseRangeRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"A\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"f\n" +
 	"\x12CloseRangeResponse\x12+\n" +
-	"\x11readable_revision\x18\x01 \x01(\x03R\x10readableRevision\"a\n" +
+	"\x11readable_revision\x18\x01 \x01(\x03R\x10readableRevision\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"a\n" +
 	"\x11MoveLeaderRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x19\n" +
 	"\brange_id\x18\x02 \x01(\x04R\arangeId\x12\x1f\n" +
