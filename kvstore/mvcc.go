@@ -50,7 +50,9 @@ type WriteBatch struct {
 	// Zero means never compacted.
 	CompactRev int64
 	// Newest, when set, caches the newest versions the batch replaces
-	// (the apply path's NewestCache); nil reads them from Batch.
+	// (the apply path's NewestCache); nil reads them from Batch. Set only
+	// on the apply path, where Rev is above every stored revision, so a
+	// one-key compare reads the key's newest version through it too.
 	Newest *NewestCache
 	// Presence, when set, is the node's KeyPresence: a key it does not
 	// hold is absent without a seek, and every version written is added.

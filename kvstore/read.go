@@ -24,6 +24,8 @@ type latestIter struct {
 	raw  []byte // encoded current version; valid until the next move
 	size int64  // engine key + value bytes of the current version
 	err  error
+	// prefix is scratch space for next: the current key's MVCC prefix.
+	prefix []byte
 }
 
 func newLatestIter(r pebble.Reader, start, end []byte, rev int64) (*latestIter, error) {
@@ -39,7 +41,24 @@ func newLatestIter(r pebble.Reader, start, end []byte, rev int64) (*latestIter, 
 
 func (li *latestIter) first() bool { return li.settle(li.it.First()) }
 
+// nextsBeforeSeek is how many older versions next steps over before it
+// seeks past the rest: a step is far cheaper than a seek, and most keys
+// have few versions (CockroachDB's MVCC scanner does the same).
+const nextsBeforeSeek = 4
+
 func (li *latestIter) next() bool {
+	prefix := li.it.Key()
+	prefix = append(li.prefix[:0], prefix[:len(prefix)-mvccRevLen]...)
+	li.prefix = prefix
+	for range nextsBeforeSeek {
+		if !li.it.Next() {
+			return li.settle(false)
+		}
+		k := li.it.Key()
+		if len(k) != len(prefix)+mvccRevLen || !bytes.Equal(k[:len(prefix)], prefix) {
+			return li.settle(true) // the next key
+		}
+	}
 	return li.settle(li.it.SeekGE(MVCCKeyAfterVersions(li.key)))
 }
 

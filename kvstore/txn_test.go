@@ -31,7 +31,15 @@ func cmpLease(key, end string, res pb.Compare_CompareResult, v int64) *pb.Compar
 	return &pb.Compare{Key: []byte(key), RangeEnd: bytesOrNil(end), Target: pb.Compare_LEASE, Result: res, TargetUnion: &pb.Compare_Lease{Lease: v}}
 }
 
+// TestTxnCompares checks etcd's compare semantics, reading the engine and,
+// as the apply path does, through the NewestCache and KeyPresence set
+// (one-key compares then take the key's newest version from them).
 func TestTxnCompares(t *testing.T) {
+	t.Run("engine", func(t *testing.T) { txnCompares(t, false) })
+	t.Run("apply-path", func(t *testing.T) { txnCompares(t, true) })
+}
+
+func txnCompares(t *testing.T, applyPath bool) {
 	const (
 		EQ  = pb.Compare_EQUAL
 		NE  = pb.Compare_NOT_EQUAL
@@ -40,6 +48,12 @@ func TestTxnCompares(t *testing.T) {
 		inf = "\x00"
 	)
 	s := newTestStore(t)
+	if applyPath {
+		var err error
+		s.presence, err = LoadKeyPresence(s.db)
+		require.NoError(t, err)
+		s.newest = NewNewestCache(1 << 20)
+	}
 	// a: value "1", version 2, create 100, mod 200, lease 0
 	// b: value "2", version 1, create 300, mod 300, lease 7
 	// c: deleted at 400
@@ -48,6 +62,9 @@ func TestTxnCompares(t *testing.T) {
 	s.putReq(300, &pb.PutRequest{Key: []byte("b"), Value: []byte("2"), Lease: 7})
 	s.put(350, "c", "x")
 	s.del(400, "c", "")
+	if applyPath {
+		s.newest.Clear() // first compares of a key read the engine, later ones the cache
+	}
 
 	rev := int64(1000)
 	for _, tc := range []struct {

@@ -222,6 +222,20 @@ func (w *WriteBatch) planTxn(rt *pb.TxnRequest) (*txnPlan, error) {
 
 // compare evaluates one etcd Compare over its key or key range at w.Rev.
 func (w *WriteBatch) compare(c *pb.Compare) (bool, error) {
+	if len(c.GetRangeEnd()) == 0 && w.Newest != nil {
+		// One key, on the apply path (w.Rev is above every stored
+		// revision): its newest version, from the cache when it can.
+		spanKey := w.spanKey(c.GetKey())
+		v, _, err := w.newest(spanKey)
+		switch {
+		case err != nil:
+			return false, err
+		case v == nil || v.Tombstone:
+			// etcd: comparing the value of a missing key always fails.
+			return c.GetTarget() != pb.Compare_VALUE && compareKV(c, &mvccpb.KeyValue{}), nil
+		}
+		return compareKV(c, v.keyValue(stripNS(spanKey))), nil
+	}
 	start, end := etcdInterval(w.Keyspace, c.GetKey(), c.GetRangeEnd())
 	mode := scanNoValue
 	if c.GetTarget() == pb.Compare_VALUE {
