@@ -580,6 +580,9 @@ func (s *Store) processReady() error {
 		return nil
 	}
 	start := time.Now()
+	if err := s.sendLeaderMessages(items); err != nil {
+		return err
+	}
 	b := s.db.NewBatch()
 	mustSync, snapshot := false, false
 	for _, it := range items {
@@ -1000,6 +1003,54 @@ func (s *Store) HasLeader() bool {
 		}
 	}
 	return true
+}
+
+// sendLeaderMessages sends the pass's appends and heartbeats (MsgApp,
+// MsgHeartbeat: only a leader sends them) before the pass persists
+// anything, and leaves the other messages for after. A leader may send
+// entries while it writes them itself (raft thesis §10.2.1; etcd's leader
+// sends before it saves): raft counts the leader's own copy only once it
+// is durable, through the self-acknowledgement it steps at Advance, so an
+// entry still commits only on a durable majority, and followers persist
+// before they acknowledge. The leader's disk write thereby overlaps its
+// followers' instead of preceding it. Replicas installing a snapshot send
+// nothing early. These messages carry no production stamp: only
+// responses serve as clock evidence (closedts.go).
+func (s *Store) sendLeaderMessages(items []*readyItem) error {
+	var early map[uint64][]*txnproto.RaftMessage
+	for _, it := range items {
+		if it.snap != nil || !raft.IsEmptySnap(it.rd.Snapshot) {
+			continue
+		}
+		r := it.r
+		var rest []*raftpb.Message
+		r.mu.Lock()
+		for _, m := range it.rd.Messages {
+			if t := m.GetType(); t != raftpb.MsgApp && t != raftpb.MsgHeartbeat {
+				rest = append(rest, m)
+				continue
+			}
+			node := r.nodeOfReplicaLocked(m.GetTo())
+			if node == 0 {
+				continue
+			}
+			data, err := proto.Marshal(m)
+			if err != nil {
+				r.mu.Unlock()
+				return err
+			}
+			if early == nil {
+				early = map[uint64][]*txnproto.RaftMessage{}
+			}
+			early[node] = append(early[node], &txnproto.RaftMessage{RangeId: r.RangeID, Message: data})
+		}
+		r.mu.Unlock()
+		it.rd.Messages = rest
+	}
+	for node, msgs := range early {
+		s.transport.send(node, msgs, clockEvidence{})
+	}
+	return nil
 }
 
 // castsVote reports whether msgs include a vote for, or a campaign in, a
