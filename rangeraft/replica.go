@@ -702,6 +702,14 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			appliedIDs = append(appliedIDs, proposalKey{node: cmd.ProposerNode, id: cmd.Id})
 			continue
 		case cmd.Split != nil:
+			// Every check before any write: the pass's batch commits
+			// whatever a failed command staged, and a restart would load a
+			// split that never happened (descriptors, the right-hand
+			// range) while the other replicas kept the range whole.
+			if cmd.Split.GetRight() != nil && splitsIntent(txns, cmd.Split.Right.StartKey) {
+				res.Err = ErrSplitThroughIntent
+				break
+			}
 			var rhsStats kvstore.Stats
 			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split)
 			if res.Err == nil && !txns.empty() {

@@ -105,3 +105,51 @@ func TestSplitThroughRaftLog(t *testing.T) {
 	_, err = putOn(t, s2.Replica(3), "y")
 	require.NoError(t, err)
 }
+
+// TestFailedSplitWritesNothing splits a range through the locked keys of
+// a prepared transaction: the split fails, and a restarted store still
+// loads the range whole with the transaction's record. A failed split used
+// to leave its descriptors and the right-hand range in the pass's batch,
+// so a restart loaded a split that the other replicas never made, and the
+// restarted replica then dropped the range's later writes as outside its
+// span (found by the robustness suite: a stale read after a crash in a
+// split).
+func TestFailedSplitWritesNothing(t *testing.T) {
+	s, _ := startSingleStore(t)
+	r := s.Replica(FirstUserRangeID)
+	for _, k := range []string{"a", "m", "z"} {
+		_, err := putOn(t, r, k)
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	anchor := kvstore.UserSpanKey([]byte("a"))
+	req, err := proto.Marshal(&pb.TxnRequest{})
+	require.NoError(t, err)
+	meta := &txnproto.TxnMeta{Id: []byte("0123456789abcdef"), AnchorKey: anchor, Coordinator: 0xa1,
+		ExpiryMs: time.Now().Add(time.Hour).UnixMilli()}
+	res, err := r.Propose(ctx, &txnproto.Command{TxnKey: anchor, TxnPrepare: &txnproto.TxnPrepareCommand{
+		Intent: &txnproto.TxnIntent{Txn: meta, Spans: []*txnproto.TxnSpan{{Start: anchor, End: kvstore.UserSpanKey([]byte("zz"))}}},
+		Anchor: true, Request: req, Participants: [][]byte{anchor}}})
+	require.NoError(t, err)
+	require.NoError(t, res.Err)
+	before := r.Descriptor()
+
+	_, _, err = r.ProposeSplit(ctx, kvstore.UserSpanKey([]byte("m")), 3)
+	require.ErrorIs(t, err, ErrSplitThroughIntent)
+	require.Equal(t, before.Generation, r.Descriptor().Generation)
+
+	eng := s.cfg.Engine
+	s.Stop()
+	s2, err := NewStore(StoreConfig{NodeID: 0xa1, ClusterID: 0xc1, Engine: eng, Clock: hlc.New(0), Logger: zap.NewNop(),
+		TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
+		Resolve: func(uint64) (string, error) { return "127.0.0.1:1", nil }})
+	require.NoError(t, err)
+	require.Len(t, s2.Replicas(), 2, "the failed split's right-hand range was stored")
+	r2 := s2.Replica(FirstUserRangeID)
+	require.True(t, proto.Equal(before, r2.Descriptor()), "stored descriptor %v, want %v", r2.Descriptor(), before)
+	r2.mu.Lock()
+	_, held := r2.txns.records[string(meta.Id)]
+	r2.mu.Unlock()
+	require.True(t, held, "the transaction's record was lost")
+}

@@ -542,6 +542,9 @@ func trackSeen[V any](seen map[string]time.Time, current map[string]V, now time.
 // right-hand replica already: it carries newer state of its own.
 func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.RangeDescriptor, write bool) error {
 	key := right.StartKey
+	if splitsIntent(t, key) {
+		return ErrSplitThroughIntent // before anything is written or moved
+	}
 	for id, rec := range t.records {
 		if bytes.Compare(rec.Txn.GetAnchorKey(), key) < 0 {
 			continue
@@ -555,19 +558,6 @@ func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.Ra
 			}
 		}
 		delete(t.records, id)
-	}
-	for _, in := range t.intents {
-		if len(in.Spans) == 0 {
-			continue
-		}
-		// Not between any two of its spans either: an intent is one piece.
-		lo, hi := in.Spans[0].Start, in.Spans[0].End
-		for _, s := range in.Spans[1:] {
-			lo, hi = minKey(lo, s.Start), maxKey(hi, s.End)
-		}
-		if bytes.Compare(lo, key) < 0 && bytes.Compare(key, hi) < 0 {
-			return ErrSplitThroughIntent
-		}
 	}
 	for id, in := range t.intents {
 		if len(in.Spans) == 0 || bytes.Compare(in.Spans[0].Start, key) < 0 {
@@ -585,6 +575,28 @@ func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.Ra
 	}
 	t.recompute()
 	return nil
+}
+
+// splitsIntent reports whether key falls inside an intent of t: within
+// one of its spans or between two of them (an intent is one piece). t may
+// be nil.
+func splitsIntent(t *txnTable, key []byte) bool {
+	if t == nil {
+		return false
+	}
+	for _, in := range t.intents {
+		if len(in.Spans) == 0 {
+			continue
+		}
+		lo, hi := in.Spans[0].Start, in.Spans[0].End
+		for _, s := range in.Spans[1:] {
+			lo, hi = minKey(lo, s.Start), maxKey(hi, s.End)
+		}
+		if bytes.Compare(lo, key) < 0 && bytes.Compare(key, hi) < 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // lockedKVs reads the live keys of an intent's spans through b (earlier

@@ -107,6 +107,7 @@ func runProfile(t *testing.T, profile string) {
 	require.Empty(t, res.StaleProblems, "stale reads (seed %d)", s)
 	require.Empty(t, res.InformerProblems, "informers (seed %d)", s)
 	require.Empty(t, res.Bank.Problems, "bank invariant (seed %d)", s)
+	require.Empty(t, res.LogProblems, "node logs (seed %d)", s)
 	require.Zero(t, res.FinalReadErrors, "final reads (seed %d)", s)
 	require.Positive(t, res.Bank.Transfers, "no transfer succeeded")
 	for _, n := range res.WatchEvents {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,6 +71,9 @@ type Result struct {
 	CatchUp time.Duration
 	// FinalReadErrors counts nodes the final read could not go through.
 	FinalReadErrors int
+	// LogProblems are node log lines that only a bug writes
+	// (CheckNodeLogs).
+	LogProblems []string
 	// Report is the folder the run's evidence was written to when a
 	// check did not pass.
 	Report string
@@ -291,6 +295,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.StaleProblems, res.StaleChecked = CheckStaleReads(ref, stale.Reads)
 	res.Informers = informers
 	res.InformerProblems = CheckInformers(ref, informers)
+	res.LogProblems = CheckNodeLogs(c)
 	logf("stale reads: %d checked against the watch history, %d violations", res.StaleChecked, len(res.StaleProblems))
 	for _, inf := range informers {
 		evs, bms := 0, 0
@@ -332,7 +337,35 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // Passed reports whether every check passed.
 func (r *Result) Passed() bool {
 	return r.Check == porcupine.Ok && len(r.WatchProblems) == 0 && len(r.Bank.Problems) == 0 &&
-		len(r.StaleProblems) == 0 && len(r.InformerProblems) == 0 && r.FinalReadErrors == 0
+		len(r.StaleProblems) == 0 && len(r.InformerProblems) == 0 && r.FinalReadErrors == 0 &&
+		len(r.LogProblems) == 0
+}
+
+// bugLogLines are messages a node logs only when its own invariants
+// broke: a command that failed after staging writes (the pass's batch
+// commits them anyway), and a write applied at or below its range's
+// closed timestamp.
+var bugLogLines = []string{"command failed after writing", "write applied at or below the range's closed timestamp"}
+
+// CheckNodeLogs returns every line of the nodes' logs (all their runs)
+// that carries one of bugLogLines, named by node.
+func CheckNodeLogs(c *Cluster) []string {
+	var out []string
+	for _, nd := range c.Nodes {
+		data, err := os.ReadFile(nd.LogPath)
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: reading its log: %v", nd.Name, err))
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			for _, bug := range bugLogLines {
+				if strings.Contains(line, bug) {
+					out = append(out, nd.Name+": "+line)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // CatchUpTimeout bounds how long a run waits, once the traffic and the
@@ -387,7 +420,7 @@ func writeReport(cfg Config, c *Cluster, res *Result, info *porcupine.Linearizat
 	}
 	if data, err := json.MarshalIndent(map[string]any{"seed": cfg.Seed, "faults": res.Faults,
 		"watch_problems": res.WatchProblems, "bank_problems": res.Bank.Problems, "stale_read_problems": res.StaleProblems,
-		"informer_problems": res.InformerProblems, "operations": ops}, "", " "); err == nil {
+		"informer_problems": res.InformerProblems, "log_problems": res.LogProblems, "operations": ops}, "", " "); err == nil {
 		_ = os.WriteFile(filepath.Join(dir, "history.json"), data, 0o644)
 	}
 	if info != nil {
