@@ -39,23 +39,7 @@ func BenchmarkApplyPutNewKeys(b *testing.B) {
 func benchApplyWith(b *testing.B, cache *NewestCache, presence bool, key func(i int) []byte, fn func(w *WriteBatch, key []byte) error) {
 	s := newTestStore(b)
 	s.newest = cache
-	const keys = 100_000
-	val := make([]byte, 256)
-	rev := int64(0)
-	for i := 0; i < keys; i += 1000 {
-		rev++
-		_, err := s.apply(rev, func(w *WriteBatch) error {
-			for j := i; j < i+1000; j++ {
-				if _, err := ApplyPut(w, &pb.PutRequest{Key: []byte(fmt.Sprintf("k%06d", j)), Value: val}); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
+	rev := populate(b, s, 0)
 	var kp *KeyPresence
 	if presence {
 		var err error
@@ -98,4 +82,25 @@ func BenchmarkApplyTxnComparePut(b *testing.B) {
 		})
 		return err
 	})
+}
+
+// populate writes keys k000000 to k099999 with 256-byte values, 1,000 per
+// command, at revisions from rev+1 on, and returns the last revision.
+func populate(b *testing.B, s *testStore, rev int64) int64 {
+	val := make([]byte, 256)
+	for i := 0; i < 100_000; i += 1000 {
+		rev++
+		_, err := s.apply(rev, func(w *WriteBatch) error {
+			for j := i; j < i+1000; j++ {
+				if _, err := ApplyPut(w, &pb.PutRequest{Key: []byte(fmt.Sprintf("k%06d", j)), Value: val}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return rev
 }

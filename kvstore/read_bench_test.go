@@ -13,23 +13,9 @@ import (
 func BenchmarkExecRange(b *testing.B) {
 	for _, versions := range []int{1, 3} {
 		s := newTestStore(b)
-		val := make([]byte, 256)
 		rev := int64(0)
-		for v := 0; v < versions; v++ {
-			for i := 0; i < 100_000; i += 1000 {
-				rev++
-				_, err := s.apply(rev, func(w *WriteBatch) error {
-					for j := i; j < i+1000; j++ {
-						if _, err := ApplyPut(w, &pb.PutRequest{Key: []byte(fmt.Sprintf("k%06d", j)), Value: val}); err != nil {
-							return err
-						}
-					}
-					return nil
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
+		for range versions {
+			rev = populate(b, s, rev)
 		}
 		rng := rand.New(rand.NewPCG(1, 2))
 		for _, limit := range []int64{1, 50} {

@@ -688,16 +688,14 @@ func (s *Store) processReady() error {
 				}()
 				continue
 			}
-			node := r.nodeOfReplicaLocked(m.GetTo())
-			if node == 0 {
-				continue
-			}
-			data, err := proto.Marshal(m)
+			node, rm, err := r.outgoingLocked(m)
 			if err != nil {
 				r.mu.Unlock()
 				return err
 			}
-			outgoing[node] = append(outgoing[node], &txnproto.RaftMessage{RangeId: r.RangeID, Message: data})
+			if node != 0 {
+				outgoing[node] = append(outgoing[node], rm)
+			}
 		}
 		if it.rd.SoftState != nil {
 			r.handleSoftStateLocked(it.rd.SoftState)
@@ -1030,19 +1028,18 @@ func (s *Store) sendLeaderMessages(items []*readyItem) error {
 				rest = append(rest, m)
 				continue
 			}
-			node := r.nodeOfReplicaLocked(m.GetTo())
-			if node == 0 {
-				continue
-			}
-			data, err := proto.Marshal(m)
+			node, rm, err := r.outgoingLocked(m)
 			if err != nil {
 				r.mu.Unlock()
 				return err
 			}
+			if node == 0 {
+				continue
+			}
 			if early == nil {
 				early = map[uint64][]*txnproto.RaftMessage{}
 			}
-			early[node] = append(early[node], &txnproto.RaftMessage{RangeId: r.RangeID, Message: data})
+			early[node] = append(early[node], rm)
 		}
 		r.mu.Unlock()
 		it.rd.Messages = rest
@@ -1077,4 +1074,18 @@ func staleResponse(m *raftpb.Message, term uint64) bool {
 		return m.GetTerm() < term
 	}
 	return false
+}
+
+// outgoingLocked marshals m for the transport and names the node of its
+// recipient; node is 0 (drop m) when the recipient's node is unknown.
+func (r *Replica) outgoingLocked(m *raftpb.Message) (node uint64, rm *txnproto.RaftMessage, err error) {
+	node = r.nodeOfReplicaLocked(m.GetTo())
+	if node == 0 {
+		return 0, nil, nil
+	}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return 0, nil, err
+	}
+	return node, &txnproto.RaftMessage{RangeId: r.RangeID, Message: data}, nil
 }
