@@ -89,8 +89,22 @@ func EncodeMVCCKey(dst, spanKey []byte, rev int64) []byte {
 // MVCCKeyPrefix returns the engine-key prefix shared by every version of
 // spanKey (the escaped key and its terminator).
 func MVCCKeyPrefix(spanKey []byte) []byte {
-	dst := appendEscaped(make([]byte, 0, len(spanKey)+2), spanKey)
-	return append(dst, 0x00, 0x01)
+	return appendMVCCKeyPrefix(make([]byte, 0, len(spanKey)+2), spanKey)
+}
+
+// appendMVCCKeyPrefix appends MVCCKeyPrefix(spanKey) to dst.
+func appendMVCCKeyPrefix(dst, spanKey []byte) []byte {
+	return append(appendEscaped(dst, spanKey), 0x00, 0x01)
+}
+
+// mvccPrefixOf returns the part of an MVCC engine key shared by all
+// versions of its span key (MVCCKeyPrefix), without copying. Errors:
+// ErrBadMVCCKey.
+func mvccPrefixOf(k []byte) ([]byte, error) {
+	if len(k) < 2+mvccRevLen || k[len(k)-mvccRevLen-2] != 0x00 || k[len(k)-mvccRevLen-1] != 0x01 {
+		return nil, ErrBadMVCCKey
+	}
+	return k[:len(k)-mvccRevLen], nil
 }
 
 // MVCCKeyAfterVersions returns the smallest engine key greater than every
@@ -112,12 +126,9 @@ var ErrBadMVCCKey = errors.New("kvstore: malformed MVCC key")
 // DecodeMVCCKey splits an engine key into its span key and revision. The
 // returned spanKey is a fresh slice.
 func DecodeMVCCKey(k []byte) (spanKey []byte, rev int64, err error) {
-	if len(k) < 2+mvccRevLen {
-		return nil, 0, ErrBadMVCCKey
-	}
-	body := k[:len(k)-mvccRevLen]
-	if body[len(body)-2] != 0x00 || body[len(body)-1] != 0x01 {
-		return nil, 0, ErrBadMVCCKey
+	body, err := mvccPrefixOf(k)
+	if err != nil {
+		return nil, 0, err
 	}
 	body = body[:len(body)-2]
 	spanKey = make([]byte, 0, len(body))

@@ -43,40 +43,33 @@ func LoadKeyPresence(r pebble.Reader) (*KeyPresence, error) {
 	for valid := it.First(); valid; valid = it.Next() {
 		prefix, err := mvccPrefixOf(it.Key())
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("kvstore: engine key %x: %w", it.Key(), err)
 		}
 		if string(prefix) == string(last) {
 			continue // another version of the same key
 		}
 		last = append(last[:0], prefix...)
-		p.set[maphash.Bytes(p.seed, prefix)] = struct{}{}
+		p.insert(maphash.Bytes(p.seed, prefix))
 	}
 	return p, it.Error()
-}
-
-// mvccPrefixOf returns the part of an MVCC engine key shared by all
-// versions of its span key (MVCCKeyPrefix), without copying.
-func mvccPrefixOf(k []byte) ([]byte, error) {
-	if len(k) < 2+mvccRevLen || k[len(k)-mvccRevLen-2] != 0x00 || k[len(k)-mvccRevLen-1] != 0x01 {
-		return nil, fmt.Errorf("kvstore: engine key %x: %w", k, ErrBadMVCCKey)
-	}
-	return k[:len(k)-mvccRevLen], nil
 }
 
 // hash returns spanKey's hash: that of its MVCC key prefix, so that
 // LoadKeyPresence hashes engine keys without decoding them.
 func (p *KeyPresence) hash(spanKey []byte) uint64 {
 	var buf [128]byte
-	return maphash.Bytes(p.seed, append(appendEscaped(buf[:0], spanKey), 0x00, 0x01))
+	return maphash.Bytes(p.seed, appendMVCCKeyPrefix(buf[:0], spanKey))
 }
 
-// Add records that spanKey may have a stored version.
-func (p *KeyPresence) Add(spanKey []byte) {
-	h := p.hash(spanKey)
+// insert adds a hash to the set.
+func (p *KeyPresence) insert(h uint64) {
 	p.mu.Lock()
 	p.set[h] = struct{}{}
 	p.mu.Unlock()
 }
+
+// Add records that spanKey may have a stored version.
+func (p *KeyPresence) Add(spanKey []byte) { p.insert(p.hash(spanKey)) }
 
 // AddEngineKey records the span key of an engine key about to be written
 // raw (a snapshot's data); keys outside the MVCC keyspaces are ignored.
@@ -87,12 +80,9 @@ func (p *KeyPresence) AddEngineKey(k []byte) error {
 	}
 	prefix, err := mvccPrefixOf(k)
 	if err != nil {
-		return err
+		return fmt.Errorf("kvstore: engine key %x: %w", k, err)
 	}
-	h := maphash.Bytes(p.seed, prefix)
-	p.mu.Lock()
-	p.set[h] = struct{}{}
-	p.mu.Unlock()
+	p.insert(maphash.Bytes(p.seed, prefix))
 	return nil
 }
 

@@ -100,9 +100,6 @@ func (n *Node) runCloses(r *rangeraft.Replica, q *closeQueue) {
 		}
 		c.mu.Unlock()
 		c.closes.Inc()
-		if cur := n.store.Replica(r.RangeID); cur != nil {
-			r = cur // the store may have replaced the replica object
-		}
 		ctx, cancel := context.WithTimeout(n.lifetime, n.reqTimeout)
 		_, w.err = n.closeOnLeader(ctx, r, w.target)
 		cancel()

@@ -198,8 +198,15 @@ func installForwardedClose(n *Node, rangeID uint64, md metadata.MD) {
 	if !ok || err1 != nil || err2 != nil {
 		return
 	}
-	// The clock first: a node's readable revisions never pass its clock
-	// (rangeraft.Store.WaitClockQuorum counts this node at its clock).
+	n.installClose(rangeID, rev, index)
+}
+
+// installClose installs on the local replica of a range a close its
+// leader made (readable at rev once applied through index), without
+// waiting for the side channel to bring it. The clock first: a node's
+// readable revisions never pass its clock (rangeraft.Store.WaitClockQuorum
+// counts this node at its clock).
+func (n *Node) installClose(rangeID uint64, rev int64, index uint64) {
 	_ = n.clock.Update(rev)
 	if r := n.store.Replica(rangeID); r != nil {
 		r.InstallClosed(rev, index)
@@ -236,18 +243,16 @@ func (n *Node) prepareRead(ctx context.Context, r *rangeraft.Replica, rev int64,
 	if err != nil {
 		return 0, err
 	}
-	if rev > target {
-		// Every revision acknowledged before the read arrived is at or
-		// below target; a later one is a future revision, as in etcd,
-		// unless the range is readable there already.
-		if rev > r.ReadableRevision() {
-			return 0, rpctypes.ErrGRPCFutureRev
-		}
-		if leaderErr == nil {
-			return 0, nil
-		}
+	// Every revision acknowledged before the read arrived is at or below
+	// target; a later one is a future revision, as in etcd, unless the
+	// range is readable there already.
+	if rev > target && rev > r.ReadableRevision() {
+		return 0, rpctypes.ErrGRPCFutureRev
 	}
 	if leaderErr == nil {
+		if rev > target {
+			return 0, nil
+		}
 		return 0, r.CloseAt(ctx, target)
 	}
 	if err := n.closeForRead(ctx, r, target); err != nil {
@@ -357,7 +362,7 @@ func (s *kvServer) checkSize(m proto.Message) error {
 // propose replicates a client write on r's range after this node's
 // clock round (docs/revisions.md, rule 2) and answers once a majority's
 // clocks cover its revision (rule 1). On a follower the write goes to the
-// range's leader inside the raft stream (rangeraft.Replica.ProposeAnywhere)
+// range's leader inside the raft stream (rangeraft.Replica.ProposeRequest)
 // and the answer is this replica's apply; on the peer server (a request
 // another node forwarded by RPC) only the leader proposes.
 func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte, cmd *txnproto.Command) (rangeraft.ApplyResult, error) {
@@ -375,14 +380,7 @@ func (s *kvServer) propose(ctx context.Context, r *rangeraft.Replica, key []byte
 		return rangeraft.ApplyResult{}, err
 	}
 	for {
-		var res rangeraft.ApplyResult
-		var err error
-		if s.peer {
-			r.RecordRequest(key)
-			res, err = r.Propose(ctx, cmd)
-		} else {
-			res, err = r.ProposeAnywhere(ctx, cmd, key)
-		}
+		res, err := r.ProposeRequest(ctx, cmd, key, !s.peer)
 		var conflict *rangeraft.IntentConflictError
 		if errors.As(err, &conflict) {
 			// Locked by a cross-range transaction: nothing was written.

@@ -365,12 +365,7 @@ func (n *Node) closeOnLeader(ctx context.Context, r *rangeraft.Replica, t int64)
 		return 0, err
 	}
 	if resp.AppliedIndex > 0 {
-		// The leader's close, installed here at once rather than when
-		// the side channel brings it. The clock first: a node's readable
-		// revisions never pass its clock (rangeraft.Store.WaitClockQuorum
-		// counts this node at its clock).
-		_ = n.clock.Update(resp.ReadableRevision)
-		r.InstallClosed(resp.ReadableRevision, resp.AppliedIndex)
+		n.installClose(r.RangeID, resp.ReadableRevision, resp.AppliedIndex)
 	}
 	return resp.ReadableRevision, nil
 }

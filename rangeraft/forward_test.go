@@ -14,7 +14,7 @@ import (
 )
 
 // TestForwardedProposals sends a leader, over its raft stream, the
-// proposals a follower node would forward (Replica.ProposeAnywhere): a
+// proposals a follower node would forward (Replica.ProposeRequest): a
 // well-formed one is stamped above the batch's clock, applies, and leaves
 // no inflight entry; malformed ones (another proposer, a stamp already
 // set, a command clients cannot send, an unknown range) never apply; and

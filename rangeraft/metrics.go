@@ -13,7 +13,7 @@ type metrics struct {
 	proposalsPending prometheus.Gauge
 	proposalsFailed  prometheus.Counter
 	// proposalsForwarded counts client writes this node handed to their
-	// range's leader in the raft stream (Replica.ProposeAnywhere).
+	// range's leader in the raft stream (Replica.ProposeRequest).
 	proposalsForwarded prometheus.Counter
 	walFsync           prometheus.Histogram
 	readyLatency       prometheus.Histogram

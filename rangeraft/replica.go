@@ -276,25 +276,27 @@ func (r *Replica) CheckLeader() error {
 // proposing when this replica does not lead. A context error after the
 // proposal was made is ambiguous: the command may still apply.
 func (r *Replica) Propose(ctx context.Context, cmd *txnproto.Command) (ApplyResult, error) {
-	return r.propose(ctx, cmd, false, nil)
+	return r.propose(ctx, cmd, false, false, nil)
 }
 
-// ProposeAnywhere is Propose for a client write received by any replica.
-// On the leader it proposes cmd. On a follower that knows its leader it
-// hands cmd to the leader's node inside the raft stream (a
-// ForwardedProposal, as etcd followers forward proposals in MsgProp); the
-// leader stamps and proposes it, and the call waits until the command has
-// applied on this replica and answers with this replica's apply result,
-// which every replica computes alike. key is the request's first key, for
-// the leader's load statistics. Errors: *NotLeaderError when no leader is
-// known, the transport cannot queue the command, or the leader refused it
-// (in every case it did not enter the log); a context error after the
-// command left is ambiguous, as for Propose.
-func (r *Replica) ProposeAnywhere(ctx context.Context, cmd *txnproto.Command, key []byte) (ApplyResult, error) {
-	return r.propose(ctx, cmd, true, key)
+// ProposeRequest is Propose for a client write, counted under key (its
+// first key) in the leader's load statistics. With forward set, a follower
+// that knows its leader hands cmd to the leader's node inside the raft
+// stream (a ForwardedProposal, as etcd followers forward proposals in
+// MsgProp); the leader stamps and proposes it, and the call waits until
+// the command has applied on this replica and answers with this replica's
+// apply result, which every replica computes alike. Errors:
+// *NotLeaderError when this replica does not lead and does not forward,
+// no leader is known, the transport cannot queue the command, or the
+// leader refused it (in every case it did not enter the log); a context
+// error after the command left is ambiguous, as for Propose.
+func (r *Replica) ProposeRequest(ctx context.Context, cmd *txnproto.Command, key []byte, forward bool) (ApplyResult, error) {
+	return r.propose(ctx, cmd, true, forward, key)
 }
 
-func (r *Replica) propose(ctx context.Context, cmd *txnproto.Command, forward bool, key []byte) (ApplyResult, error) {
+// propose is Propose; a request (ProposeRequest) is counted under key on
+// the leader, and forwarded from a follower when forward is set.
+func (r *Replica) propose(ctx context.Context, cmd *txnproto.Command, request, forward bool, key []byte) (ApplyResult, error) {
 	cmd.ProposerNode = r.store.cfg.NodeID
 	cmd.Id = r.store.proposalSeq.Add(1)
 	p := &proposal{ch: make(chan ApplyResult, 1)}
@@ -322,25 +324,10 @@ func (r *Replica) propose(ctx context.Context, cmd *txnproto.Command, forward bo
 		r.store.metrics.proposalsForwarded.Inc()
 		return r.waitProposal(ctx, cmd.Id, p)
 	}
-	if key != nil {
+	if request {
 		r.RecordRequest(key)
 	}
-	// Out of its idle group before it is stamped (idlegroups.go).
-	r.unquiesceLocked()
-	// Stamped under mu, so that a side-channel close (which also holds mu)
-	// either sees the proposal in inflight or closes below its timestamp.
-	cmd.Timestamp = r.store.cfg.Clock.Now()
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		r.mu.Unlock()
-		return ApplyResult{}, err
-	}
-	r.proposals[cmd.Id] = p
-	pk := proposalKey{node: cmd.ProposerNode, id: cmd.Id}
-	r.inflight[pk] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
-	if err := r.raw.Propose(data); err != nil {
-		delete(r.proposals, cmd.Id)
-		delete(r.inflight, pk)
+	if err := r.stampAndProposeLocked(cmd); err != nil {
 		r.mu.Unlock()
 		r.store.metrics.proposalsFailed.Inc()
 		if errors.Is(err, raft.ErrProposalDropped) {
@@ -348,9 +335,31 @@ func (r *Replica) propose(ctx context.Context, cmd *txnproto.Command, forward bo
 		}
 		return ApplyResult{}, err
 	}
+	r.proposals[cmd.Id] = p
 	r.mu.Unlock()
 	r.store.enqueue(r.RangeID)
 	return r.waitProposal(ctx, cmd.Id, p)
+}
+
+// stampAndProposeLocked stamps cmd from the clock and hands it to raft as
+// leader, tracked in inflight until it applies. It runs under mu, so that
+// a side-channel close (which also holds mu) either sees the proposal in
+// inflight or closes below its timestamp (closedts.go).
+func (r *Replica) stampAndProposeLocked(cmd *txnproto.Command) error {
+	// Out of its idle group before it is stamped (idlegroups.go).
+	r.unquiesceLocked()
+	cmd.Timestamp = r.store.cfg.Clock.Now()
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	pk := proposalKey{node: cmd.ProposerNode, id: cmd.Id}
+	r.inflight[pk] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
+	if err := r.raw.Propose(data); err != nil {
+		delete(r.inflight, pk)
+		return err
+	}
+	return nil
 }
 
 // waitProposal waits for this node's proposal id to apply here.
@@ -370,7 +379,7 @@ func (r *Replica) waitProposal(ctx context.Context, id uint64, p *proposal) (App
 }
 
 // proposeForwarded stamps and proposes, as leader, a command another
-// node's replica forwarded (ProposeAnywhere), exactly as propose does this
+// node's replica forwarded (ProposeRequest), exactly as propose does this
 // node's own, except that nobody here waits for it. It returns a refusal
 // for the sender when it did not propose the command. The batch that
 // carried it has already raised this node's clock to the sender's, which
@@ -394,20 +403,8 @@ func (r *Replica) proposeForwarded(fp *txnproto.ForwardedProposal, from uint64) 
 		errors.As(err, &nl)
 		return refuse(nl.LeaderNode)
 	}
-	if len(fp.Key) > 0 {
-		r.RecordRequest(fp.Key)
-	}
-	r.unquiesceLocked()
-	cmd.Timestamp = r.store.cfg.Clock.Now()
-	data, err := proto.Marshal(cmd)
-	if err != nil {
-		r.mu.Unlock()
-		return refuse(0)
-	}
-	pk := proposalKey{node: from, id: cmd.Id}
-	r.inflight[pk] = inflightProposal{ts: cmd.Timestamp, term: r.raw.BasicStatus().GetTerm()}
-	if err := r.raw.Propose(data); err != nil {
-		delete(r.inflight, pk)
+	r.RecordRequest(fp.Key)
+	if err := r.stampAndProposeLocked(cmd); err != nil {
 		r.mu.Unlock()
 		return refuse(0)
 	}
@@ -702,16 +699,8 @@ func (r *Replica) stageApply(b *pebble.Batch, ents []*raftpb.Entry) (stagedApply
 			appliedIDs = append(appliedIDs, proposalKey{node: cmd.ProposerNode, id: cmd.Id})
 			continue
 		case cmd.Split != nil:
-			// Every check before any write: the pass's batch commits
-			// whatever a failed command staged, and a restart would load a
-			// split that never happened (descriptors, the right-hand
-			// range) while the other replicas kept the range whole.
-			if cmd.Split.GetRight() != nil && splitsIntent(txns, cmd.Split.Right.StartKey) {
-				res.Err = ErrSplitThroughIntent
-				break
-			}
 			var rhsStats kvstore.Stats
-			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split)
+			rhsStats, res.Err = r.stageSplit(b, desc, applied, cmd.Split, txns)
 			if res.Err == nil && !txns.empty() {
 				res.Err = r.splitTxnState(b, writable(), cmd.Split.Right, !r.rightInitialized(cmd.Split.Right.RangeId))
 			}
@@ -878,13 +867,20 @@ func (r *Replica) rightInitialized(rangeID uint64) bool {
 }
 
 func (r *Replica) stageSplit(b *pebble.Batch, cur *txnproto.RangeDescriptor, applied *txnproto.AppliedState,
-	sc *txnproto.SplitCommand) (kvstore.Stats, error) {
+	sc *txnproto.SplitCommand, txns *txnTable) (kvstore.Stats, error) {
+	// Every check before any write: the pass's batch commits whatever a
+	// failed command staged, and a restart would load a split that never
+	// happened (descriptors, the right-hand range) while the other
+	// replicas kept the range whole.
 	l, rt := sc.Left, sc.Right
 	if l == nil || rt == nil || l.RangeId != cur.RangeId || l.Generation != cur.Generation+1 ||
 		string(l.StartKey) != string(cur.StartKey) || string(rt.EndKey) != string(cur.EndKey) ||
 		string(l.EndKey) != string(rt.StartKey) ||
 		string(rt.StartKey) <= string(cur.StartKey) || string(rt.StartKey) >= string(cur.EndKey) {
 		return kvstore.Stats{}, ErrDescriptorChanged
+	}
+	if splitsIntent(txns, rt.StartKey) {
+		return kvstore.Stats{}, ErrSplitThroughIntent
 	}
 	if err := setProto(b, kvstore.RangeDescriptorKey(l.RangeId), l); err != nil {
 		return kvstore.Stats{}, err
@@ -1183,24 +1179,4 @@ func (r *Replica) Initialized() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.initializedLocked()
-}
-
-// forwardedID returns the command ID of a forwarded proposal (0 if it
-// does not decode).
-func forwardedID(fp *txnproto.ForwardedProposal) uint64 {
-	cmd := &txnproto.Command{}
-	if proto.Unmarshal(fp.Command, cmd) != nil {
-		return 0
-	}
-	return cmd.Id
-}
-
-// refuseUnsent fails this node's forwarded proposals that never left it
-// (the stream to their leader could not be opened).
-func (s *Store) refuseUnsent(proposals []*txnproto.ForwardedProposal) {
-	for _, fp := range proposals {
-		if r := s.Replica(fp.RangeId); r != nil {
-			r.refuseProposal(forwardedID(fp), 0)
-		}
-	}
 }

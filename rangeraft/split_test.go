@@ -7,10 +7,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/rangekv/rangekv/hlc"
 	"github.com/rangekv/rangekv/kvstore"
 	"github.com/rangekv/rangekv/txnproto"
 )
@@ -93,10 +91,7 @@ func TestSplitThroughRaftLog(t *testing.T) {
 	// A restart loads three ranges with the split state.
 	eng := s.cfg.Engine
 	s.Stop()
-	s2, err := NewStore(StoreConfig{NodeID: 0xa1, ClusterID: 0xc1, Engine: eng, Clock: hlc.New(0), Logger: zap.NewNop(),
-		TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
-		Resolve: func(uint64) (string, error) { return "127.0.0.1:1", nil }})
-	require.NoError(t, err)
+	s2 := loadSingleStore(t, eng)
 	s2.Start()
 	defer s2.Stop()
 	require.Len(t, s2.Replicas(), 3)
@@ -141,10 +136,7 @@ func TestFailedSplitWritesNothing(t *testing.T) {
 
 	eng := s.cfg.Engine
 	s.Stop()
-	s2, err := NewStore(StoreConfig{NodeID: 0xa1, ClusterID: 0xc1, Engine: eng, Clock: hlc.New(0), Logger: zap.NewNop(),
-		TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
-		Resolve: func(uint64) (string, error) { return "127.0.0.1:1", nil }})
-	require.NoError(t, err)
+	s2 := loadSingleStore(t, eng)
 	require.Len(t, s2.Replicas(), 2, "the failed split's right-hand range was stored")
 	r2 := s2.Replica(FirstUserRangeID)
 	require.True(t, proto.Equal(before, r2.Descriptor()), "stored descriptor %v, want %v", r2.Descriptor(), before)

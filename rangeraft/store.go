@@ -1017,7 +1017,7 @@ func (s *Store) HasLeader() bool {
 func (s *Store) sendLeaderMessages(items []*readyItem) error {
 	var early map[uint64][]*txnproto.RaftMessage
 	for _, it := range items {
-		if it.snap != nil || !raft.IsEmptySnap(it.rd.Snapshot) {
+		if !raft.IsEmptySnap(it.rd.Snapshot) {
 			continue
 		}
 		r := it.r

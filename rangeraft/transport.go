@@ -61,7 +61,7 @@ type outgoing struct {
 	idle     []*txnproto.IdleGroupUpdate
 	idleLost bool
 	// proposals are client writes for ranges the receiver leads
-	// (Replica.ProposeAnywhere); refusals answer the receiver's.
+	// (Replica.ProposeRequest); refusals answer the receiver's.
 	proposals []*txnproto.ForwardedProposal
 	refusals  []*txnproto.ProposalRefusal
 }
@@ -687,4 +687,24 @@ func checkSnapshotKeys(rangeID uint64, desc *txnproto.RangeDescriptor, kvs []*tx
 		return fmt.Errorf("snapshot of range %d carries key %q outside the range", rangeID, k)
 	}
 	return nil
+}
+
+// forwardedID returns the command ID of a forwarded proposal (0 if it
+// does not decode).
+func forwardedID(fp *txnproto.ForwardedProposal) uint64 {
+	cmd := &txnproto.Command{}
+	if proto.Unmarshal(fp.Command, cmd) != nil {
+		return 0
+	}
+	return cmd.Id
+}
+
+// refuseUnsent fails this node's forwarded proposals that never left it
+// (the stream to their leader could not be opened).
+func (s *Store) refuseUnsent(proposals []*txnproto.ForwardedProposal) {
+	for _, fp := range proposals {
+		if r := s.Replica(fp.RangeId); r != nil {
+			r.refuseProposal(forwardedID(fp), 0)
+		}
+	}
 }

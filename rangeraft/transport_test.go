@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rangekv/rangekv/hlc"
+	"github.com/rangekv/rangekv/kvstore"
 	"github.com/rangekv/rangekv/txnproto"
 )
 
@@ -28,12 +29,7 @@ func startSingleStore(t *testing.T) (*Store, txnproto.RaftTransportClient) {
 	ident := &txnproto.NodeIdent{ClusterId: 0xc1, NodeId: 0xa1, Name: "a",
 		InitialMembers: []*txnproto.Member{{Id: 0xa1, Name: "a", PeerUrls: []string{"http://127.0.0.1:1"}}}}
 	require.NoError(t, Bootstrap(eng, ident))
-	s, err := NewStore(StoreConfig{
-		NodeID: 0xa1, ClusterID: 0xc1, Engine: eng, Clock: hlc.New(0), Logger: zap.NewNop(),
-		TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
-		Resolve: func(uint64) (string, error) { return "127.0.0.1:1", nil },
-	})
-	require.NoError(t, err)
+	s := loadSingleStore(t, eng)
 	s.Start()
 	t.Cleanup(s.Stop)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -46,6 +42,19 @@ func startSingleStore(t *testing.T) (*Store, txnproto.RaftTransportClient) {
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return s, txnproto.NewRaftTransportClient(conn)
+}
+
+// loadSingleStore loads the one-node store of startSingleStore from eng
+// (at start, or again after a stop), not started.
+func loadSingleStore(t *testing.T, eng *kvstore.Engine) *Store {
+	t.Helper()
+	s, err := NewStore(StoreConfig{
+		NodeID: 0xa1, ClusterID: 0xc1, Engine: eng, Clock: hlc.New(0), Logger: zap.NewNop(),
+		TickInterval: 10 * time.Millisecond, ElectionTicks: 10,
+		Resolve: func(uint64) (string, error) { return "127.0.0.1:1", nil },
+	})
+	require.NoError(t, err)
+	return s
 }
 
 // put proposes a Put on the user range, waiting for a leader.

@@ -535,16 +535,13 @@ func trackSeen[V any](seen map[string]time.Time, current map[string]V, now time.
 
 // splitTxnState moves, within a split's batch, the transaction state of
 // the keys the right-hand range right takes: records whose anchor key it
-// holds and intents over its keys. A split key inside an intent's spans
-// fails with ErrSplitThroughIntent: a participant stays one range, so
-// recovery finds every intent where the record says. t is the left-hand
+// holds and intents over its keys. The split key is outside every intent
+// (stageSplit refused it otherwise: a participant stays one range, so
+// recovery finds every intent where the record says). t is the left-hand
 // table, updated in place. write is false when a snapshot initialized the
 // right-hand replica already: it carries newer state of its own.
 func (r *Replica) splitTxnState(b *pebble.Batch, t *txnTable, right *txnproto.RangeDescriptor, write bool) error {
 	key := right.StartKey
-	if splitsIntent(t, key) {
-		return ErrSplitThroughIntent // before anything is written or moved
-	}
 	for id, rec := range t.records {
 		if bytes.Compare(rec.Txn.GetAnchorKey(), key) < 0 {
 			continue
